@@ -1,0 +1,97 @@
+"""Tune a theme's image classifier on Ray Tune: the one entry point.
+
+    python launch.py --theme-id 7
+    ray job submit --working-dir . -- python launch.py --theme-id 7
+
+Parsing and wiring only: configs -> theme (Django) -> data -> Ray Tune -> MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from tuning.errors import ThemetuneError
+
+REPO = Path(__file__).resolve().parent
+CONFIGS = REPO / "configs"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="launch.py", description=__doc__.split("\n")[0])
+    p.add_argument("--theme-id", type=int, help="theme to tune (overrides data.theme_id)")
+    p.add_argument("--n-trials", type=int, help="number of trials (overrides study.n_trials)")
+    p.add_argument("--timeout", type=float, help="time budget in seconds (study.timeout)")
+    p.add_argument("--storage", help="Optuna storage: sqlite:///optuna.db, postgresql://..., "
+                                     "or journal:FILE; makes the study persistent")
+    p.add_argument("--study-name", help="Optuna study name (default: study.name)")
+    p.add_argument("--configs", type=Path, default=CONFIGS,
+                   help="folder holding the four YAML files (default: configs/)")
+    p.add_argument("--optuna-params", type=Path, help="optuna_params.yaml")
+    p.add_argument("--params", type=Path, help="params.yaml")
+    p.add_argument("--config", type=Path, help="config.yaml")
+    p.add_argument("--augments", type=Path, help="augments.yaml")
+    p.add_argument("--max-concurrent-trials", type=int, help="trials running at once")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate configs, theme, data and resources; print the search "
+                        "space; start neither Ray nor MLflow")
+    return p.parse_args(argv)
+
+
+def load_theme(theme_id: int):
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "web.settings")
+    import django
+
+    django.setup()
+    from data_access.selectors import theme_get_spec
+
+    return theme_get_spec(theme_id=theme_id)
+
+
+def make_recorder():
+    from data_access.recorder import DjangoStudyRecorder
+
+    return DjangoStudyRecorder()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from tuning.config import ConfigFiles, Overrides, load_study_config
+    from tuning.report import print_dry_run, print_outcome
+
+    defaults = ConfigFiles.in_folder(args.configs)
+    files = ConfigFiles(optuna_params=args.optuna_params or defaults.optuna_params,
+                        params=args.params or defaults.params,
+                        config=args.config or defaults.config,
+                        augments=args.augments or defaults.augments)
+    try:
+        config = load_study_config(files, Overrides(
+            theme_id=args.theme_id, n_trials=args.n_trials, timeout=args.timeout,
+            max_concurrent_trials=args.max_concurrent_trials))
+        from tuning.cluster import check_resources
+        from tuning.study import prepare_study, run_study
+
+        check_resources(config.infra, file=str(files.config))
+        theme = load_theme(config.theme_id)
+        plan = prepare_study(config, theme, study_name=args.study_name,
+                             storage_url=args.storage)
+        if args.dry_run:
+            print_dry_run(plan)
+            return 0
+        outcome = run_study(plan, recorder=make_recorder(),
+                            ray_job_id=os.environ.get("RAY_JOB_SUBMISSION_ID"))
+        print_outcome(plan, outcome)
+        return 0
+    except ThemetuneError as exc:
+        print(f"error: {exc.one_line()}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: running trials and the parent run were marked KILLED.",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

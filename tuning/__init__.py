@@ -1,0 +1,1 @@
+"""Everything that runs a study: Ray Tune, Optuna, MLflow, torch. Never Django."""

@@ -1,0 +1,78 @@
+"""Turning pydantic's and PyYAML's failures into one ConfigError line each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from tuning.errors import ConfigError
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read one YAML mapping; an empty file is an empty mapping."""
+    if not path.is_file():
+        raise ConfigError("file not found.", file=str(path),
+                          fix="pass an existing file, or copy one from configs/.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"YAML syntax error{where}: {problem}.", file=str(path),
+                          fix="correct the YAML syntax (indentation, colons, quotes).") from None
+    except UnicodeDecodeError:
+        raise ConfigError("file is not UTF-8 text.", file=str(path),
+                          fix="save it as UTF-8.") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"the top level must be a mapping, not {type(data).__name__}.",
+                          file=str(path), fix="write `key: value` pairs at the top level.")
+    return data
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    # Pydantic puts union member names (e.g. "float") into loc; they are not keys.
+    return ".".join(str(part) for part in loc if not str(part).startswith("function-"))
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys a model accepts at the parent of `loc`, for an 'unknown key' message."""
+    current: Any = model
+    for part in loc[:-1]:
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            return []
+        current = fields[part].annotation
+        args = getattr(current, "__args__", ())
+        current = next((a for a in args if hasattr(a, "model_fields")), current)
+    fields = getattr(current, "model_fields", None)
+    return sorted(fields) if fields else []
+
+
+def config_error_from_validation(exc: ValidationError, *, file: str, model: type[BaseModel],
+                                 prefix: str = "") -> ConfigError:
+    """The first validation error, as one line naming the file and the dotted key."""
+    err = exc.errors(include_url=False)[0]
+    loc = tuple(err.get("loc", ()))
+    key = prefix + _dotted(loc)
+    kind = err.get("type", "")
+    value = err.get("input")
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(model, loc)
+        fix = (f"remove it or use one of: {', '.join(allowed)}." if allowed
+               else "remove it (check its spelling).")
+        return ConfigError("unknown key.", file=file, key=key, fix=fix)
+    if kind == "missing":
+        return ConfigError("required key is missing.", file=file, key=key,
+                           fix="add it (see configs/ for an example).")
+    message = err.get("msg", "invalid value")
+    if message.startswith("Value error, "):
+        message = message[len("Value error, "):]
+    shown = repr(value) if not isinstance(value, dict) else "a mapping"
+    return ConfigError(f"{message} (got {shown}).", file=file, key=key or None,
+                       fix="correct the value (see configs/ for an example).")

@@ -1,0 +1,55 @@
+"""Trial models from their checkpoints into MLflow: the child run's copy and the best."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from tuning import mlflow_runs
+from tuning.ledger import TrialRecord
+from tuning.model import build_model
+
+log = logging.getLogger("themetune")
+
+
+class ModelLogger:
+    def __init__(self, *, plan):
+        self.plan = plan
+
+    def load(self, record: TrialRecord):
+        from tuning.trainable import load_state_dict
+
+        params = self.plan.config.trial_params(record.params)
+        model = build_model(params.model.name, num_classes=self.plan.theme.num_classes,
+                            in_channels=params.data.channels)
+        model.load_state_dict(load_state_dict(Path(record.checkpoint_path))["model"])
+        return model.eval(), params
+
+    def log_trial_model(self, record: TrialRecord) -> None:
+        """Log a finished trial's model into its child run, with the config it ran with."""
+        if record.checkpoint_path is None or record.model_uri is not None:
+            return
+        model, params = self.load(record)
+        record.model_uri = mlflow_runs.log_torch_model(record.child_run_id, model,
+                                                       name=mlflow_runs.MODEL_ARTIFACT)
+        mlflow_runs.log_yaml(self._client(), record.child_run_id, params.model_dump(),
+                             "trial_config.yaml")
+
+    def log_best(self, best: TrialRecord, *, parent_run_id: str) -> str:
+        """Copy the best model to the parent run; return the URI to register.
+
+        The registered version points at the best trial's own model when it was
+        logged (log_models all or best), else at the parent run's copy.
+        """
+        if self.plan.config.infra.mlflow.log_models == "best":
+            self.log_trial_model(best)
+        model, _ = self.load(best)
+        parent_uri = mlflow_runs.log_torch_model(parent_run_id, model,
+                                                 name=mlflow_runs.BEST_MODEL_ARTIFACT)
+        return best.model_uri or parent_uri
+
+    @staticmethod
+    def _client():
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient()

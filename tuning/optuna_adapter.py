@@ -1,0 +1,117 @@
+"""Ray's OptunaSearch, adjusted to how a themetune trial reports, and Optuna storages.
+
+Ray's OptunaSearch reads the study metric from every intermediate result, but a trial
+reports the study metric (e.g. test_acc) only once, after its last epoch; and it only
+logs a failed `tell` (e.g. NaN), which would leave the Optuna trial RUNNING forever.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+from sqlalchemy.exc import SQLAlchemyError
+
+from tuning.errors import StorageError
+from tuning.params import is_final_result
+
+
+class StudySearch(OptunaSearch):
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        # Intermediate values would only feed Optuna's pruner, which Ray replaces with
+        # a no-op; early stopping is the Ray scheduler's job.
+        return
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
+                          error: bool = False) -> None:
+        if trial_id in self._completed_trials:
+            return
+        result = result or {}
+        value = result.get(self.metric)
+        if error:
+            state, value = TrialState.FAIL, None
+        elif not is_final_result(result):
+            state, value = TrialState.PRUNED, None
+        elif not _finite_number(value):
+            state, value = TrialState.FAIL, None
+        else:
+            state = TrialState.COMPLETE
+        self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
+        self._completed_trials.add(trial_id)
+
+    def trial_number(self, trial_id: str) -> int:
+        """Optuna's number for a Ray trial: the n in the child run name `trial_{n}`."""
+        return self._ot_trials[trial_id].number
+
+    @property
+    def study(self) -> optuna.Study:
+        return self._ot_study
+
+
+def _finite_number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def open_storage(url: str | None) -> optuna.storages.BaseStorage | None:
+    """An Optuna storage for a URL: an RDB URL, or a journal file (`journal:PATH`, *.log)."""
+    if url is None:
+        return None
+    journal_path = None
+    if url.startswith("journal:"):
+        journal_path = url[len("journal:"):].removeprefix("//")
+    elif "://" not in url and url.endswith((".log", ".jsonl", ".journal")):
+        journal_path = url
+    if journal_path is not None:
+        path = Path(journal_path).expanduser()
+        if not path.parent.is_dir():
+            raise StorageError(f"folder of the journal file does not exist: {path.parent}.",
+                               key="--storage", fix="create the folder or use another path.")
+        from optuna.storages.journal import JournalFileBackend
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    if "://" not in url:
+        raise StorageError(f"storage {url!r} is neither a database URL nor a journal file.",
+                           key="--storage",
+                           fix="use e.g. sqlite:///optuna.db, postgresql://..., or journal:study.log.")
+    try:
+        return optuna.storages.RDBStorage(url)
+    except (ImportError, ValueError) as exc:
+        raise StorageError(f"cannot open storage {url!r}: {exc}.", key="--storage",
+                           fix="check the URL and that its database driver is installed.") from None
+    except SQLAlchemyError as exc:
+        raise StorageError(f"cannot open storage {url!r}: {type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0]}.", key="--storage",
+                           fix="check the URL, the server and its credentials.") from None
+
+
+def check_existing_study(storage: optuna.storages.BaseStorage | None, study_name: str, *,
+                         direction: str, distributions: dict[str, Any]) -> int:
+    """Refuse to continue a stored study with another direction or space.
+
+    Ray creates the study with load_if_exists=True, so without this check a reused name
+    silently mixes two different studies. Returns the number of trials already stored.
+    """
+    if storage is None:
+        return 0
+    try:
+        existing = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        return 0
+    if len(existing.directions) != 1 or existing.direction.name.lower() != direction:
+        stored = ", ".join(d.name.lower() for d in existing.directions)
+        raise StorageError(
+            f"study {study_name!r} exists with direction {stored}, but the config asks "
+            f"for {direction}.", key="study.direction",
+            fix="use another --study-name, or the stored direction.")
+    for trial in existing.get_trials(deepcopy=False):
+        if trial.distributions and trial.distributions != distributions:
+            raise StorageError(
+                f"study {study_name!r} exists with another search space "
+                f"(stored: {sorted(trial.distributions)}; asked: {sorted(distributions)}).",
+                key="params_to_tune",
+                fix="use another --study-name, or the stored search space.")
+    return len(existing.trials)

@@ -1,0 +1,169 @@
+"""The training parameters one trial runs with: base_params < params.yaml < sampled values.
+
+Every section forbids unknown keys, so a misspelled key fails before any work starts.
+The defaults are the original system's where it had one.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MODEL_NAMES = ("ResNet18", "ResNet50", "ResNet101")
+OPTIMIZERS = ("Adam", "SGD", "AdamW")
+
+# What the trainable reports. A study metric outside this set can never be read.
+EPOCH_METRICS = ("train_loss", "train_acc", "valid_loss", "valid_acc")
+FINAL_METRICS = ("test_loss", "test_acc")
+REPORTED_METRICS = EPOCH_METRICS + FINAL_METRICS
+
+
+def is_final_result(result: dict) -> bool:
+    """True for the report after a trial's last epoch, the only one with test metrics.
+
+    A trial a scheduler stopped early never sends it, so its value is not a
+    half-trained one: it is recorded as pruned.
+    """
+    return all(name in result for name in FINAL_METRICS)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelParams(Strict):
+    name: Literal["ResNet18", "ResNet50", "ResNet101"] = "ResNet18"
+    num_classes: int | None = Field(default=None, ge=2)
+    weights: str | None = None  # a local state_dict file; nothing is downloaded
+
+
+class TrainingSection(Strict):
+    run_name: str = Field(default="optuna_tuning", min_length=1)
+    learning_rate: float = Field(default=1e-3, gt=0)
+    batch_size: int = Field(default=32, ge=1)
+    optimizer: Literal["Adam", "SGD", "AdamW"] = "Adam"
+    num_epochs: int = Field(default=3, ge=1)
+    num_workers: int = Field(default=0, ge=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+
+
+class SplitRatio(Strict):
+    train: float = Field(default=0.7, gt=0, lt=1)
+    valid: float = Field(default=0.15, gt=0, lt=1)
+    test: float = Field(default=0.15, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> "SplitRatio":
+        total = self.train + self.valid + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(
+                f"train + valid + test must sum to 1 (train={self.train}, "
+                f"valid={self.valid}, test={self.test}, sum={total:g})")
+        return self
+
+
+class DataSection(Strict):
+    theme_id: int | None = Field(default=None, ge=1)
+    split_ratio: SplitRatio = SplitRatio()
+    seed: int = 42
+    image_size: int = Field(default=32, ge=8, le=1024)
+    channels: Literal[1, 3] = 3
+    skip_unreadable: bool = False
+
+
+class BrightnessCorrection(Strict):
+    enabled: bool = False
+    method: Literal["histogram_equalization"] = "histogram_equalization"
+
+
+class PatchSection(Strict):
+    enabled: bool = False
+    size: int | None = Field(default=None, ge=8)
+    stride: int | None = Field(default=None, ge=1)
+
+
+class PreprocessingSection(Strict):
+    brightness_correction: BrightnessCorrection = BrightnessCorrection()
+    patch: PatchSection = PatchSection()
+
+
+class TrainingParams(Strict):
+    model: ModelParams = ModelParams()
+    training: TrainingSection = TrainingSection()
+    data: DataSection = DataSection()
+    preprocessing: PreprocessingSection = PreprocessingSection()
+
+    @model_validator(mode="after")
+    def _patch_fits_image(self) -> "TrainingParams":
+        patch = self.preprocessing.patch
+        if patch.enabled:
+            if patch.size is None:
+                raise ValueError("preprocessing.patch.size is required when patches are enabled")
+            if patch.size > self.data.image_size:
+                raise ValueError(
+                    f"preprocessing.patch.size must be <= data.image_size "
+                    f"(size={patch.size}, image_size={self.data.image_size})")
+        return self
+
+    @property
+    def input_size(self) -> int:
+        patch = self.preprocessing.patch
+        return patch.size if patch.enabled and patch.size else self.data.image_size
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """A new dict: `override` wins, nested mappings merge key by key."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    """A copy of `tree` with `a.b.c` set to value, creating sections on the way."""
+    result = copy.deepcopy(tree)
+    node = result
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[leaf] = value
+    return result
+
+
+def has_dotted(tree: dict[str, Any], dotted: str) -> bool:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def known_param_paths(model: type[BaseModel] = TrainingParams, prefix: str = "") -> list[str]:
+    """Every leaf a search space may tune, e.g. `training.learning_rate`."""
+    paths: list[str] = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            paths.extend(known_param_paths(annotation, f"{prefix}{name}."))
+        else:
+            paths.append(f"{prefix}{name}")
+    return paths
+
+
+def params_with_sample(base: dict[str, Any], sample: dict[str, Any]) -> dict[str, Any]:
+    """The nested params of one trial: the merged base with each dotted sample set."""
+    tree = base
+    for dotted, value in sample.items():
+        tree = set_dotted(tree, dotted, value)
+    return tree

@@ -1,0 +1,95 @@
+"""What the driver tells a study recorder, and the recorder that records nothing.
+
+launch.py passes in a recorder backed by the Django DB (data_access/recorder.py);
+tuning/ only sees this protocol, so it never imports Django. Every method is called
+on the driver, in the order: study_started, then per trial trial_started,
+trial_result (once per report), trial_finished; finally study_finished.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class StudyStart:
+    theme_id: int
+    name: str                     # training.run_name: the MLflow parent run's name
+    direction: str                # "maximize" | "minimize"
+    metric: str
+    n_trials: int
+    optuna_study_name: str
+    optuna_storage: str | None    # URL as the user gave it; None = in memory
+    mlflow_experiment_id: str
+    mlflow_parent_run_id: str
+    resolved_config: dict[str, Any]           # JSON-safe, the four files after merging
+    param_space: dict[str, dict[str, Any]]    # dotted name -> {"type", "low", ...}
+    ray_job_id: str | None = None
+    started_at: datetime = field(default_factory=datetime.now)
+
+
+@dataclass(frozen=True)
+class TrialStart:
+    number: int                   # Optuna's trial number
+    ray_trial_id: str
+    params: dict[str, Any]        # dotted name -> sampled value
+    mlflow_run_id: str | None
+    started_at: datetime = field(default_factory=datetime.now)
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    number: int
+    epoch: int
+    metrics: dict[str, float]
+    node: str | None
+
+
+@dataclass(frozen=True)
+class TrialEnd:
+    number: int
+    state: str                    # "COMPLETE" | "PRUNED" | "FAIL" | "KILLED"
+    value: float | None
+    error: str | None = None
+    ended_at: datetime = field(default_factory=datetime.now)
+
+
+@dataclass(frozen=True)
+class StudyEnd:
+    status: str                   # "completed" | "failed" | "killed"
+    best_value: float | None
+    best_params: dict[str, Any] | None
+    best_trial_number: int | None
+    registered_model: str | None = None
+    registered_version: str | None = None
+    error: str | None = None
+    ended_at: datetime = field(default_factory=datetime.now)
+
+
+class StudyRecorder(Protocol):
+    def study_started(self, event: StudyStart) -> None: ...
+    def trial_started(self, event: TrialStart) -> None: ...
+    def trial_result(self, event: TrialResult) -> None: ...
+    def trial_finished(self, event: TrialEnd) -> None: ...
+    def study_finished(self, event: StudyEnd) -> None: ...
+
+
+class NullRecorder:
+    """For runs with no database: records nothing."""
+
+    def study_started(self, event: StudyStart) -> None:
+        pass
+
+    def trial_started(self, event: TrialStart) -> None:
+        pass
+
+    def trial_result(self, event: TrialResult) -> None:
+        pass
+
+    def trial_finished(self, event: TrialEnd) -> None:
+        pass
+
+    def study_finished(self, event: StudyEnd) -> None:
+        pass

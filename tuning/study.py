@@ -1,0 +1,299 @@
+"""Run one study: prepare once on the driver, tune on Ray, record to MLflow.
+
+prepare_study() does everything a user error can fail (data, classes, batch sizes,
+storage) before anything is created in MLflow or Ray, so a mistake leaves nothing
+half-written. run_study() then owns the parent run from creation to its final status.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from tuning import mlflow_runs
+from tuning.augment import AugmentSettings
+from tuning.config import StudyConfig
+from tuning.data import PreparedData, PreprocessSettings, prepare_data
+from tuning.errors import ConfigError, MetricError, ThemeError, ThemetuneError
+from tuning.ledger import StudyLedger, TrialRecord
+from tuning.optuna_adapter import StudySearch, check_existing_study, open_storage
+from tuning.params import REPORTED_METRICS, TrainingParams
+from tuning.progress import ProgressDisplay
+from tuning.recording import NullRecorder, StudyEnd, StudyRecorder, StudyStart
+from tuning.search_space import describe, to_distributions
+from tuning.theme import ThemeSpec
+
+log = logging.getLogger("themetune")
+
+
+class StudyFailedError(ThemetuneError):
+    """No trial finished: every one failed or was stopped."""
+
+    exit_code = 1
+
+
+@dataclass
+class StudyPlan:
+    config: StudyConfig
+    theme: ThemeSpec
+    data: PreparedData
+    study_name: str
+    storage_url: str | None
+    storage: optuna.storages.BaseStorage | None
+    distributions: dict[str, Any]
+    stored_trials: int = 0
+
+
+@dataclass
+class StudyOutcome:
+    experiment_id: str
+    parent_run_id: str
+    status: str
+    best_number: int | None = None
+    best_value: float | None = None
+    best_params: dict[str, Any] | None = None
+    best_run_id: str | None = None
+    model_name: str | None = None
+    model_version: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def preprocess_settings(params: TrainingParams) -> PreprocessSettings:
+    patch = params.preprocessing.patch
+    brightness = params.preprocessing.brightness_correction
+    split = params.data.split_ratio
+    return PreprocessSettings(
+        image_size=params.data.image_size, channels=params.data.channels,
+        brightness=brightness.method if brightness.enabled else None,
+        patch_size=patch.size if patch.enabled else None,
+        patch_stride=(patch.stride or patch.size) if patch.enabled else None,
+        split=(split.train, split.valid, split.test), seed=params.data.seed,
+        skip_unreadable=params.data.skip_unreadable)
+
+
+def augment_settings(config: StudyConfig) -> AugmentSettings | None:
+    a = config.augments
+    settings = AugmentSettings(horizontal_flip=a.horizontal_flip, vertical_flip=a.vertical_flip,
+                               random_crop_padding=a.random_crop_padding,
+                               brightness=a.brightness, contrast=a.contrast)
+    return settings if a.enabled and settings.enabled else None
+
+
+def _check_theme_fits(config: StudyConfig, theme: ThemeSpec) -> None:
+    num_classes = config.params.model.num_classes
+    if num_classes is not None and num_classes != theme.num_classes:
+        raise ThemeError(
+            f"model.num_classes is {num_classes} but theme '{theme.name}' has "
+            f"{theme.num_classes} classes ({', '.join(theme.class_names)}).",
+            file=str(config.files.optuna_params), key="base_params.model.num_classes",
+            fix=f"set it to {theme.num_classes} or remove it (it defaults to the theme's).")
+    if theme.num_classes < 2:
+        raise ThemeError(f"theme '{theme.name}' has {theme.num_classes} class; "
+                         f"a classifier needs at least 2.",
+                         fix="import images of at least two classes.")
+
+
+def _check_batch_sizes(config: StudyConfig, data: PreparedData) -> None:
+    n_train = len(data.train.labels)
+    sizes = [config.params.training.batch_size]
+    spec = config.space.get("training.batch_size")
+    if spec is not None:
+        sizes = [int(v) for v in spec.edge_values()]
+    too_big = [s for s in sizes if s > n_train]
+    if too_big:
+        where = ("params_to_tune.training.batch_size" if spec is not None
+                 else "training.batch_size")
+        raise ConfigError(f"batch size {max(too_big)} is larger than the train split "
+                          f"({n_train} images).", file=str(config.files.optuna_params),
+                          key=where, fix=f"use batch sizes <= {n_train}.")
+
+
+def prepare_study(config: StudyConfig, theme: ThemeSpec, *, study_name: str | None = None,
+                  storage_url: str | None = None, progress=print) -> StudyPlan:
+    _check_theme_fits(config, theme)
+    data = prepare_data(theme, preprocess_settings(config.params),
+                        cache_dir=Path(config.infra.cache_dir), progress=progress)
+    _check_batch_sizes(config, data)
+    name = study_name or config.study.name
+    storage = open_storage(storage_url)
+    distributions = to_distributions(config.space)
+    stored = check_existing_study(storage, name, direction=config.study.direction,
+                                  distributions=distributions)
+    return StudyPlan(config=config, theme=theme, data=data, study_name=name,
+                     storage_url=storage_url, storage=storage, distributions=distributions,
+                     stored_trials=stored)
+
+
+def _parent_params(plan: StudyPlan) -> dict[str, Any]:
+    c = plan.config
+    params: dict[str, Any] = {
+        "theme_id": plan.theme.id, "theme_name": plan.theme.name,
+        "study_name": plan.study_name, "direction": c.study.direction,
+        "metric": c.study.metric, "n_trials": c.study.n_trials, "timeout": c.study.timeout,
+        "sampler": "TPESampler", "sampler_seed": c.sampler_seed,
+        "storage": plan.storage_url or "in-memory",
+        "max_concurrent_trials": c.infra.max_concurrent_trials,
+        "resources_per_trial": c.infra.resources.model_dump(),
+        "scheduler": c.infra.scheduler.model_dump() if c.infra.scheduler.type != "none" else "none",
+        "n_train": len(plan.data.train.labels), "n_valid": len(plan.data.valid.labels),
+        "n_test": len(plan.data.test.labels), "skipped_unreadable": len(plan.data.skipped),
+    }
+    for name, spec in describe(c.space).items():
+        params[f"space.{name}"] = spec
+    return params
+
+
+def run_study(plan: StudyPlan, *, recorder: StudyRecorder | None = None,
+              progress: ProgressDisplay | None = None, ray_job_id: str | None = None
+              ) -> StudyOutcome:
+    # Imported here so that validating configs (and --dry-run) never pays for Ray.
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from tuning.callbacks import StudyCallback
+    from tuning.cluster import ensure_ray
+    from tuning.models_io import ModelLogger
+    from tuning.trainable import TrialSettings, train_trial
+
+    config = plan.config
+    recorder = recorder or NullRecorder()
+    progress = progress or ProgressDisplay()
+    ensure_ray(config.infra.ray)
+
+    tracking_uri = mlflow_runs.resolve_tracking_uri(config.infra.mlflow.tracking_uri)
+    study_runs = mlflow_runs.open_study_runs(
+        tracking_uri=tracking_uri, experiment_name=plan.theme.name, run_name=config.run_name,
+        tags={"themetune.theme_id": str(plan.theme.id), "themetune.study_name": plan.study_name,
+              "themetune.role": "parent"})
+    client, parent_id = study_runs.client, study_runs.parent_run_id
+    print(f"[themetune] MLflow experiment '{plan.theme.name}' (id {study_runs.experiment_id}), "
+          f"parent run {parent_id} at {tracking_uri}", flush=True)
+    ledger = StudyLedger(metric=config.study.metric, direction=config.study.direction,
+                         n_trials=config.study.n_trials)
+    callback: StudyCallback | None = None
+    try:
+        mlflow_runs.log_params(client, parent_id, _parent_params(plan))
+        for label, path in vars(config.files).items():
+            mlflow_runs.log_file(client, parent_id, Path(path), "configs")
+        mlflow_runs.log_yaml(client, parent_id, config.resolved(), "configs/resolved.yaml")
+        recorder.study_started(StudyStart(
+            theme_id=plan.theme.id, name=config.run_name, direction=config.study.direction,
+            metric=config.study.metric, n_trials=config.study.n_trials,
+            optuna_study_name=plan.study_name, optuna_storage=plan.storage_url,
+            mlflow_experiment_id=study_runs.experiment_id, mlflow_parent_run_id=parent_id,
+            resolved_config=config.resolved(), param_space=describe(config.space),
+            ray_job_id=ray_job_id))
+
+        searcher = StudySearch(
+            space=plan.distributions, metric=config.study.metric,
+            mode="max" if config.study.direction == "maximize" else "min",
+            sampler=optuna.samplers.TPESampler(seed=config.sampler_seed),
+            study_name=plan.study_name, storage=plan.storage)
+        models = ModelLogger(plan=plan)
+        log_each = models.log_trial_model if config.infra.mlflow.log_models == "all" else None
+        callback = StudyCallback(ledger=ledger, mlflow_study=study_runs,
+                                 trial_number=searcher.trial_number, recorder=recorder,
+                                 progress=progress, log_model=log_each)
+        scheduler = None
+        if config.infra.scheduler.type == "asha":
+            s = config.infra.scheduler
+            scheduler = ASHAScheduler(metric=s.metric, mode=s.mode,
+                                      max_t=config.params.training.num_epochs,
+                                      grace_period=s.grace_period,
+                                      reduction_factor=s.reduction_factor, time_attr="epoch")
+        # The study metric (e.g. test_acc) arrives only in a trial's last report;
+        # Tune's strict check would reject every earlier one.
+        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+        # Every epoch checkpoints; with num_to_keep set, Tune warns on each snapshot.
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+        settings = TrialSettings(base=config.base, augments=augment_settings(config),
+                                 num_classes=plan.theme.num_classes,
+                                 in_channels=config.params.data.channels,
+                                 cpus=config.infra.resources.cpu)
+        trainable = tune.with_resources(
+            tune.with_parameters(train_trial, data=plan.data, settings=settings),
+            {"cpu": config.infra.resources.cpu, "gpu": config.infra.resources.gpu})
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher, scheduler=scheduler, num_samples=config.study.n_trials,
+                max_concurrent_trials=config.infra.max_concurrent_trials,
+                time_budget_s=config.study.timeout, reuse_actors=False),
+            run_config=tune.RunConfig(
+                name=f"{plan.study_name}-{dt.datetime.now():%Y%m%d-%H%M%S}",
+                storage_path=str(Path(config.infra.ray.storage_path).resolve())
+                if "://" not in config.infra.ray.storage_path else config.infra.ray.storage_path,
+                callbacks=[callback], verbose=0,
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=config.infra.checkpoint.num_to_keep),
+                failure_config=tune.FailureConfig(
+                    max_failures=config.infra.failure.max_failures)))
+        tuner.fit()
+        callback.close_open_trials(reason="study ended before the trial finished")
+        return _finish_study(plan, study_runs, ledger, models, recorder)
+    except KeyboardInterrupt:
+        if callback is not None:
+            callback.close_open_trials(reason="study interrupted")
+        mlflow_runs.set_tags(client, parent_id, {"themetune.end_reason": "interrupted"})
+        mlflow_runs.end_run(client, parent_id, "KILLED")
+        recorder.study_finished(StudyEnd(status="killed", best_value=None, best_params=None,
+                                         best_trial_number=None, error="interrupted"))
+        raise
+    except BaseException as exc:
+        if callback is not None:
+            callback.close_open_trials(reason="study failed")
+        reason = exc.one_line() if isinstance(exc, ThemetuneError) else repr(exc)
+        mlflow_runs.set_tags(client, parent_id, {"themetune.end_reason": reason[:5000]})
+        mlflow_runs.end_run(client, parent_id, "FAILED")
+        recorder.study_finished(StudyEnd(status="failed", best_value=None, best_params=None,
+                                         best_trial_number=None, error=reason))
+        raise
+
+
+def _finish_study(plan: StudyPlan, study_runs: mlflow_runs.MlflowStudy, ledger: StudyLedger,
+                  models, recorder: StudyRecorder) -> StudyOutcome:
+    config = plan.config
+    client, parent_id = study_runs.client, study_runs.parent_run_id
+    best = ledger.best()
+    if best is None:
+        counts = ledger.counts()
+        if config.study.metric not in ledger.metrics_seen and not counts["FAIL"]:
+            raise MetricError(
+                f"metric {config.study.metric!r} was never reported; the trials reported: "
+                f"{', '.join(sorted(ledger.metrics_seen)) or 'nothing'}.",
+                file=str(config.files.optuna_params), key="study.metric",
+                fix=f"use one of: {', '.join(REPORTED_METRICS)}.")
+        errors = [r.error for r in ledger.trials.values() if r.error]
+        raise StudyFailedError(
+            f"no trial finished ({counts['FAIL']} failed, {counts['PRUNED']} pruned, "
+            f"{counts['KILLED']} killed); first error: {errors[0] if errors else 'none'}.",
+            fix="see the child runs' themetune.end_reason tags and `ray` logs.")
+
+    best_uri = models.log_best(best, parent_run_id=parent_id)
+    model_name = f"{plan.theme.name}_model"
+    version = mlflow_runs.register_best(client, model_uri=best_uri, model_name=model_name,
+                                        parent_run_id=parent_id, best_run_id=best.child_run_id)
+    client.log_metric(parent_id, "best_value", best.value)
+    mlflow_runs.log_params(client, parent_id, {f"best.{k}": v for k, v in best.params.items()})
+    mlflow_runs.log_yaml(client, parent_id, {"trial_number": best.number,
+                                             "value": best.value, "metric": config.study.metric,
+                                             "params": best.params, "run_id": best.child_run_id},
+                         "best_params.yaml")
+    mlflow_runs.set_tags(client, parent_id, {"best_trial_number": str(best.number),
+                                             "best_run_id": best.child_run_id,
+                                             "registered_model": f"{model_name}/{version}"})
+    mlflow_runs.end_run(client, parent_id, "FINISHED")
+    recorder.study_finished(StudyEnd(status="completed", best_value=best.value,
+                                     best_params=best.params, best_trial_number=best.number,
+                                     registered_model=model_name, registered_version=version))
+    return StudyOutcome(experiment_id=study_runs.experiment_id, parent_run_id=parent_id,
+                        status="completed", best_number=best.number, best_value=best.value,
+                        best_params=best.params, best_run_id=best.child_run_id,
+                        model_name=model_name, model_version=version, counts=ledger.counts())
