@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(PY) manage.py migrate --noinput -v 0
-	theme_id=$$($(PY) manage.py import_demo_theme --if-missing | tail -n 1) && \
+	theme_id=$$($(PY) manage.py import_demo_theme --exist-ok | tail -n 1) && \
 	$(PY) launch.py --configs $(DEMO_CONFIGS) --theme-id $$theme_id
 
 test: install

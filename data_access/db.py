@@ -1,0 +1,73 @@
+"""Which database we talk to, and what to tell the user when it cannot be used."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError, connection
+
+from tuning.errors import ThemeError
+
+MIGRATE_FIX = "run `python manage.py migrate` (with the same DATABASE_URL)."
+CONNECT_FIX = "check DATABASE_URL and that the database server is running and reachable."
+
+
+def database_description() -> str:
+    """The database in use, e.g. 'sqlite:/repo/db.sqlite3' or
+    'postgresql://tune@db.local:5432/themetune'. Never contains the password."""
+    settings_dict = connection.settings_dict
+    name = str(settings_dict.get("NAME") or "")
+    if connection.vendor == "sqlite":
+        return f"sqlite:{name}"
+    user = settings_dict.get("USER") or ""
+    host = settings_dict.get("HOST") or "localhost"
+    port = settings_dict.get("PORT") or ""
+    netloc = f"{user}@{host}" if user else host
+    if port:
+        netloc += f":{port}"
+    return f"{connection.vendor}://{netloc}/{name}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def explain_database_error(exc: DatabaseError) -> ThemeError:
+    """Turn a failed query into a one-line ThemeError that says which fix applies."""
+    # Imported here: models import this module's callers, not the other way round.
+    from data_access.models import Theme
+
+    where = database_description()
+    try:
+        tables = set(connection.introspection.table_names())
+    except DatabaseError as probe_exc:
+        return ThemeError(
+            f"Cannot use database {where}: {_first_line(probe_exc)}.", fix=CONNECT_FIX
+        )
+    if Theme._meta.db_table not in tables:
+        return ThemeError(f"Database {where} has no themetune tables.", fix=MIGRATE_FIX)
+    # The tables exist but a query failed: most often a schema one migration behind.
+    return ThemeError(
+        f"Query failed on database {where}: {_first_line(exc)}.",
+        fix="run `python manage.py migrate`; if nothing is left to apply, " + CONNECT_FIX,
+    )
+
+
+@contextmanager
+def database_errors_as_theme_errors() -> Iterator[None]:
+    """For code that a user runs directly (commands, launch.py's theme read): an
+    unreachable or unmigrated database is a user error, not a traceback."""
+    try:
+        yield
+    except ImproperlyConfigured as exc:
+        # Raised when the backend's driver (e.g. psycopg) is missing.
+        raise ThemeError(
+            f"Cannot use the database of DATABASE_URL: {_first_line(exc)}",
+            fix="install the driver (`pip install 'psycopg[binary]'` for PostgreSQL) "
+            "or " + CONNECT_FIX,
+        ) from exc
+    except DatabaseError as exc:
+        raise explain_database_error(exc) from exc

@@ -1,0 +1,144 @@
+"""Themes (labelled image sets) and the tuning studies run on them."""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class Theme(models.Model):
+    name = models.CharField(max_length=200, unique=True)
+    description = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} (id {self.id})"
+
+
+def theme_image_upload_to(instance: ThemeImage, filename: str) -> str:
+    # Keyed by id, not name: a theme can be renamed without moving its files.
+    return f"themes/{instance.theme_id}/{instance.label}/{filename}"
+
+
+class ThemeImage(models.Model):
+    theme = models.ForeignKey(Theme, on_delete=models.CASCADE, related_name="images")
+    # Stored relative to MEDIA_ROOT, so the folder can move with only the setting changed.
+    image = models.ImageField(upload_to=theme_image_upload_to, max_length=500)
+    label = models.CharField(max_length=200, db_index=True, help_text="Class name.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.label}: {self.image.name}"
+
+
+class TuningStudy(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        RUNNING = "running"
+        COMPLETED = "completed"
+        FAILED = "failed"
+        KILLED = "killed"
+
+    class Direction(models.TextChoices):
+        MAXIMIZE = "maximize"
+        MINIMIZE = "minimize"
+
+    # PROTECT: deleting a theme must not silently erase the record of its studies.
+    theme = models.ForeignKey(Theme, on_delete=models.PROTECT, related_name="studies")
+    name = models.CharField(max_length=200)
+    status = models.CharField(
+        max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True
+    )
+    direction = models.CharField(max_length=8, choices=Direction.choices)
+    metric = models.CharField(max_length=100)
+    n_trials = models.PositiveIntegerField()
+    resolved_config = models.JSONField(default=dict)
+    optuna_study_name = models.CharField(max_length=200)
+    # Stored without a password (see services._redact_url).
+    optuna_storage = models.CharField(max_length=500, blank=True)
+    mlflow_experiment_id = models.CharField(max_length=64, blank=True)
+    mlflow_parent_run_id = models.CharField(max_length=64, blank=True)
+    ray_job_id = models.CharField(max_length=200, blank=True)
+    best_value = models.FloatField(null=True, blank=True)
+    best_params = models.JSONField(null=True, blank=True)
+    best_trial_number = models.IntegerField(null=True, blank=True)
+    registered_model = models.CharField(max_length=200, blank=True)
+    registered_version = models.CharField(max_length=50, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name_plural = "tuning studies"
+
+    def __str__(self) -> str:
+        return f"{self.name} (id {self.id}, {self.status})"
+
+
+class TuningTrial(models.Model):
+    # Optuna's state names, so that the two records read alike.
+    class State(models.TextChoices):
+        RUNNING = "RUNNING"
+        COMPLETE = "COMPLETE"
+        PRUNED = "PRUNED"
+        FAIL = "FAIL"
+        KILLED = "KILLED"
+
+    study = models.ForeignKey(TuningStudy, on_delete=models.CASCADE, related_name="trials")
+    number = models.PositiveIntegerField(help_text="Optuna's trial number.")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.RUNNING)
+    params = models.JSONField(default=dict)
+    metrics = models.JSONField(default=list, help_text="One dict per reported epoch.")
+    value = models.FloatField(null=True, blank=True)
+    mlflow_run_id = models.CharField(max_length=64, blank=True)
+    ray_trial_id = models.CharField(max_length=200, blank=True)
+    node = models.CharField(max_length=200, blank=True)
+    error = models.TextField(blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["study", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["study", "number"], name="unique_trial_number_per_study"),
+        ]
+
+    def __str__(self) -> str:
+        return f"trial {self.number} of study {self.study_id} ({self.state})"
+
+
+class TuningParamConfig(models.Model):
+    """One searched hyperparameter of a study, as Optuna's distribution describes it."""
+
+    class Type(models.TextChoices):
+        FLOAT = "float"
+        INT = "int"
+        CATEGORICAL = "categorical"
+
+    study = models.ForeignKey(
+        TuningStudy, on_delete=models.CASCADE, related_name="param_configs"
+    )
+    name = models.CharField(max_length=200, help_text="Dotted key, e.g. training.learning_rate.")
+    type = models.CharField(max_length=16, choices=Type.choices)
+    low = models.FloatField(null=True, blank=True)
+    high = models.FloatField(null=True, blank=True)
+    log = models.BooleanField(default=False)
+    step = models.FloatField(null=True, blank=True)
+    choices = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["study", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["study", "name"], name="unique_param_name_per_study"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.type})"

@@ -1,0 +1,255 @@
+"""Reads. Every function takes keyword-only arguments and returns plain data."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Count
+
+from data_access.db import database_description, database_errors_as_theme_errors
+from data_access.models import Theme, TuningParamConfig, TuningStudy, TuningTrial
+from tuning.errors import ThemeError, ThemetuneError
+from tuning.theme import Sample, ThemeSpec
+
+__all__ = [
+    "ParamConfigInfo",
+    "StudyInfo",
+    "StudyNotFoundError",
+    "ThemeSummary",
+    "TrialInfo",
+    "database_description",
+    "study_get",
+    "study_list_for_theme",
+    "theme_find_id",
+    "theme_get_spec",
+    "theme_list",
+    "trial_list",
+]
+
+THEME_LIST_FIX = (
+    "list themes with `python manage.py list_themes` or import one with "
+    "`python manage.py import_theme DIR --name NAME`."
+)
+
+
+class StudyNotFoundError(ThemetuneError):
+    """No study has the id asked for."""
+
+
+@dataclass(frozen=True)
+class ThemeSummary:
+    id: int
+    name: str
+    description: str
+    image_count: int
+    class_count: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ParamConfigInfo:
+    name: str
+    type: str
+    low: float | None
+    high: float | None
+    log: bool
+    step: float | None
+    choices: list[Any] | None
+
+
+@dataclass(frozen=True)
+class StudyInfo:
+    id: int
+    theme_id: int
+    theme_name: str
+    name: str
+    status: str
+    direction: str
+    metric: str
+    n_trials: int
+    resolved_config: dict[str, Any]
+    optuna_study_name: str
+    optuna_storage: str
+    mlflow_experiment_id: str
+    mlflow_parent_run_id: str
+    ray_job_id: str
+    best_value: float | None
+    best_params: dict[str, Any] | None
+    best_trial_number: int | None
+    registered_model: str
+    registered_version: str
+    error: str
+    created_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+    trial_count: int
+    param_configs: tuple[ParamConfigInfo, ...]
+
+
+@dataclass(frozen=True)
+class TrialInfo:
+    id: int
+    study_id: int
+    number: int
+    state: str
+    params: dict[str, Any]
+    metrics: list[dict[str, Any]]
+    value: float | None
+    mlflow_run_id: str
+    ray_trial_id: str
+    node: str
+    error: str
+    started_at: datetime | None
+    ended_at: datetime | None
+
+
+def theme_get_spec(*, theme_id: int) -> ThemeSpec:
+    """The frozen description of a theme that tuning/ trains on.
+
+    Raises ThemeError when the theme is missing or empty, or when the database cannot
+    be used (unreachable, not migrated)."""
+    with database_errors_as_theme_errors():
+        theme = Theme.objects.filter(pk=theme_id).first()
+        if theme is None:
+            raise ThemeError(
+                f"Theme {theme_id} not found in database {database_description()}.",
+                fix=THEME_LIST_FIX,
+            )
+        rows = list(theme.images.order_by("id").values_list("image", "label"))
+    if not rows:
+        raise ThemeError(
+            f"Theme {theme_id} ('{theme.name}') has no images.",
+            fix="import images with `python manage.py import_theme DIR --name NAME`.",
+        )
+    media_root = os.path.abspath(settings.MEDIA_ROOT)
+    class_names = tuple(sorted({label for _, label in rows}))
+    index = {name: i for i, name in enumerate(class_names)}
+    # Built from MEDIA_ROOT rather than FieldFile.path so that the paths match
+    # media_root character for character (tuning/ refuses paths outside it).
+    samples = tuple(
+        Sample(path=os.path.join(media_root, name), label=index[label]) for name, label in rows
+    )
+    return ThemeSpec(
+        id=theme.id,
+        name=theme.name,
+        class_names=class_names,
+        samples=samples,
+        media_root=media_root,
+    )
+
+
+def theme_list() -> list[ThemeSummary]:
+    """All themes, oldest first, with image and class counts."""
+    with database_errors_as_theme_errors():
+        themes = Theme.objects.annotate(
+            image_count=Count("images"),
+            class_count=Count("images__label", distinct=True),
+        ).order_by("id")
+        return [
+            ThemeSummary(
+                id=t.id,
+                name=t.name,
+                description=t.description,
+                image_count=t.image_count,
+                class_count=t.class_count,
+                created_at=t.created_at,
+            )
+            for t in themes
+        ]
+
+
+def _param_info(config: TuningParamConfig) -> ParamConfigInfo:
+    return ParamConfigInfo(
+        name=config.name,
+        type=config.type,
+        low=config.low,
+        high=config.high,
+        log=config.log,
+        step=config.step,
+        choices=config.choices,
+    )
+
+
+def _study_info(study: TuningStudy) -> StudyInfo:
+    return StudyInfo(
+        id=study.id,
+        theme_id=study.theme_id,
+        theme_name=study.theme.name,
+        name=study.name,
+        status=study.status,
+        direction=study.direction,
+        metric=study.metric,
+        n_trials=study.n_trials,
+        resolved_config=study.resolved_config,
+        optuna_study_name=study.optuna_study_name,
+        optuna_storage=study.optuna_storage,
+        mlflow_experiment_id=study.mlflow_experiment_id,
+        mlflow_parent_run_id=study.mlflow_parent_run_id,
+        ray_job_id=study.ray_job_id,
+        best_value=study.best_value,
+        best_params=study.best_params,
+        best_trial_number=study.best_trial_number,
+        registered_model=study.registered_model,
+        registered_version=study.registered_version,
+        error=study.error,
+        created_at=study.created_at,
+        started_at=study.started_at,
+        ended_at=study.ended_at,
+        trial_count=study.trial_count,
+        param_configs=tuple(_param_info(c) for c in study.param_configs.all()),
+    )
+
+
+def _studies():
+    return (
+        TuningStudy.objects.select_related("theme")
+        .prefetch_related("param_configs")
+        .annotate(trial_count=Count("trials"))
+    )
+
+
+def study_get(*, study_id: int) -> StudyInfo:
+    study = _studies().filter(pk=study_id).first()
+    if study is None:
+        raise StudyNotFoundError(
+            f"Study {study_id} not found in database {database_description()}."
+        )
+    return _study_info(study)
+
+
+def study_list_for_theme(*, theme_id: int) -> list[StudyInfo]:
+    """The theme's studies, newest first."""
+    return [_study_info(s) for s in _studies().filter(theme_id=theme_id).order_by("-id")]
+
+
+def trial_list(*, study_id: int) -> list[TrialInfo]:
+    """The study's trials in Optuna's order."""
+    return [
+        TrialInfo(
+            id=t.id,
+            study_id=t.study_id,
+            number=t.number,
+            state=t.state,
+            params=t.params,
+            metrics=t.metrics,
+            value=t.value,
+            mlflow_run_id=t.mlflow_run_id,
+            ray_trial_id=t.ray_trial_id,
+            node=t.node,
+            error=t.error,
+            started_at=t.started_at,
+            ended_at=t.ended_at,
+        )
+        for t in TuningTrial.objects.filter(study_id=study_id).order_by("number")
+    ]
+
+
+
+def theme_find_id(*, name: str) -> int | None:
+    """The id of the theme with this name, or None."""
+    with database_errors_as_theme_errors():
+        return Theme.objects.filter(name=name).values_list("id", flat=True).first()

@@ -1,0 +1,123 @@
+"""Shared fixtures: a small slice of the real digits data, tiny configs, a real Ray."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tuning.theme import Sample, ThemeSpec  # noqa: E402
+
+
+def write_digits_folder(folder: Path, *, per_class: int, classes: int = 10) -> Path:
+    """An ImageFolder tree of real 8x8 digits: folder/<digit>/<n>.png."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    counts = {c: 0 for c in range(classes)}
+    for image, label in zip(digits.images, digits.target):
+        label = int(label)
+        if label >= classes or counts[label] >= per_class:
+            continue
+        path = folder / str(label) / f"{counts[label]:04d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((image * 255 / 16).astype(np.uint8), mode="L").save(path)
+        counts[label] += 1
+    return folder
+
+
+def theme_from_folder(folder: Path, *, theme_id: int = 1, name: str = "digits_slice"
+                      ) -> ThemeSpec:
+    class_names = tuple(sorted(p.name for p in folder.iterdir() if p.is_dir()))
+    samples = tuple(Sample(str(path.resolve()), class_names.index(path.parent.name))
+                    for path in sorted(folder.glob("*/*.png")))
+    return ThemeSpec(theme_id, name, class_names, samples, str(folder.resolve()))
+
+
+@pytest.fixture(scope="session")
+def digits_folder(tmp_path_factory) -> Path:
+    return write_digits_folder(tmp_path_factory.mktemp("digits"), per_class=24, classes=4)
+
+
+@pytest.fixture(scope="session")
+def digits_theme(digits_folder) -> ThemeSpec:
+    return theme_from_folder(digits_folder)
+
+
+def tiny_config_files(folder: Path, *, n_trials: int = 2, epochs: int = 1,
+                      study: dict | None = None, space: dict | None = None,
+                      base: dict | None = None, params: dict | None = None,
+                      infra: dict | None = None, augments: dict | None = None) -> Path:
+    """The four YAML files for a run that takes seconds: 16 px gray, ResNet18, CPU."""
+    folder.mkdir(parents=True, exist_ok=True)
+    optuna_params = {
+        "study": {"name": "tiny", "direction": "maximize", "metric": "test_acc",
+                  "n_trials": n_trials, "timeout": None, **(study or {})},
+        "params_to_tune": space or {
+            "training.learning_rate": {"type": "float", "low": 0.001, "high": 0.01, "log": True},
+            "training.optimizer": {"type": "categorical", "choices": ["Adam", "AdamW"]},
+        },
+        "base_params": base if base is not None else {
+            "model": {"name": "ResNet18"},
+            "training": {"num_epochs": epochs, "run_name": "base_run", "batch_size": 16},
+            "data": {"split_ratio": {"train": 0.6, "valid": 0.2, "test": 0.2}, "seed": 3},
+        },
+    }
+    files = {
+        "optuna_params.yaml": optuna_params,
+        "params.yaml": params if params is not None else {
+            "training": {"run_name": "tiny_run"},
+            "data": {"image_size": 16, "channels": 1}},
+        "config.yaml": infra if infra is not None else {
+            "mlflow": {"tracking_uri": "sqlite:///mlflow.db", "log_models": "all"},
+            "ray": {"storage_path": str(folder / "ray_results")},
+            "resources": {"cpu": 1, "gpu": 0}, "max_concurrent_trials": 2,
+            "cache_dir": str(folder / "cache")},
+        "augments.yaml": augments if augments is not None else {"random_crop_padding": 1},
+    }
+    for name, data in files.items():
+        (folder / name).write_text(yaml.safe_dump(data, sort_keys=False))
+    return folder
+
+
+@pytest.fixture
+def config_dir(tmp_path) -> Path:
+    return tiny_config_files(tmp_path / "configs")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One real local Ray cluster (2 CPUs) shared by the tests that run studies."""
+    import ray
+
+    from tuning.cluster import PACKAGE_DIR
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": str(PACKAGE_DIR.parent)}})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path, monkeypatch) -> str:
+    """A real MLflow store: SQLite with local artifacts, in this test's folder."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    return uri
+
+
+@pytest.fixture(autouse=True)
+def _no_exported_run_id(monkeypatch):
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    yield
