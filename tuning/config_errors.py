@@ -59,7 +59,7 @@ def config_error_from_validation(exc: ValidationError, *, file: str, model: type
     """The first validation error, as one line naming the file and the dotted key."""
     err = exc.errors(include_url=False)[0]
     loc = tuple(err.get("loc", ()))
-    key = prefix + _dotted(loc)
+    key = (prefix + _dotted(loc)).rstrip(".")
     kind = err.get("type", "")
     value = err.get("input")
     if kind == "extra_forbidden":
@@ -73,6 +73,7 @@ def config_error_from_validation(exc: ValidationError, *, file: str, model: type
     message = err.get("msg", "invalid value")
     if message.startswith("Value error, "):
         message = message[len("Value error, "):]
-    shown = repr(value) if not isinstance(value, dict) else "a mapping"
-    return ConfigError(f"{message} (got {shown}).", file=file, key=key or None,
+    # A rule across several keys (low <= high) already names the values it saw.
+    got = "" if isinstance(value, dict) else f" (got {value!r})"
+    return ConfigError(f"{message}{got}.", file=file, key=key or None,
                        fix="correct the value (see configs/ for an example).")

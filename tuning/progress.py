@@ -38,7 +38,9 @@ def progress_line(ledger: StudyLedger, now: float | None = None) -> str:
 
 class ProgressDisplay:
     def __init__(self, stream: TextIO | None = None, min_interval_s: float = 10.0):
-        self.stream = stream or sys.stdout
+        # None means "sys.stdout at print time": Tune pickles its callbacks, and a
+        # stream object (e.g. pytest's capture) may not pickle.
+        self.stream = stream
         self.min_interval_s = min_interval_s
         self._last_print = 0.0
         self._last_line = ""
@@ -50,6 +52,6 @@ class ProgressDisplay:
         line = progress_line(ledger, now)
         if line == self._last_line:
             return
-        print(line, file=self.stream, flush=True)
+        print(line, file=self.stream or sys.stdout, flush=True)
         self._last_line = line
         self._last_print = now

@@ -1,0 +1,108 @@
+"""launch.py as a user runs it: a real Django DB file, a real MLflow store, real Ray."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import tiny_config_files
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, digits_folder):
+    """A migrated SQLite DB holding one imported theme, and the env that points at it."""
+    folder = tmp_path_factory.mktemp("site")
+    env = {**os.environ,
+           "DATABASE_URL": f"sqlite:///{folder / 'db.sqlite3'}",
+           "MEDIA_ROOT": str(folder / "media"),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}",
+           "PYTHONPATH": str(ROOT)}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    env.pop("MLFLOW_RUN_ID", None)
+    manage = [sys.executable, str(ROOT / "manage.py")]
+    subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], env=env, check=True, cwd=folder)
+    out = subprocess.run([*manage, "import_theme", str(digits_folder), "--name", "tiny_digits"],
+                         env=env, check=True, cwd=folder, capture_output=True, text=True)
+    theme_id = int(out.stdout.strip().splitlines()[-1])
+    return {"folder": folder, "env": env, "theme_id": theme_id}
+
+
+def launch(site, *args, cwd=None):
+    return subprocess.run([sys.executable, str(ROOT / "launch.py"), *map(str, args)],
+                          env=site["env"], cwd=cwd or site["folder"], capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_dry_run_validates_and_starts_nothing(site, tmp_path):
+    configs = tiny_config_files(tmp_path / "configs")
+    result = launch(site, "--theme-id", site["theme_id"], "--configs", configs, "--dry-run",
+                    cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "training.learning_rate: float [0.001, 0.01] log" in result.stdout
+    assert "4 classes" in result.stdout
+    assert "nothing was started" in result.stdout
+    assert not (site["folder"] / "mlflow.db").exists()
+    assert not (tmp_path / "configs" / "ray_results").exists()
+
+
+def test_unknown_theme_exits_2_with_one_line(site, tmp_path):
+    configs = tiny_config_files(tmp_path / "configs")
+    result = launch(site, "--theme-id", 999, "--configs", configs, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Theme 999 not found" in lines[0]
+    assert "db.sqlite3" in lines[0]           # names the database it looked in
+    assert "Traceback" not in result.stderr
+    assert not (site["folder"] / "mlflow.db").exists()
+
+
+def test_bad_yaml_exits_2_without_traceback(site, tmp_path):
+    configs = tiny_config_files(tmp_path / "configs")
+    (configs / "optuna_params.yaml").write_text("study:\n  direction: sideways\n")
+    result = launch(site, "--theme-id", site["theme_id"], "--configs", configs, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: ")
+    assert "optuna_params.yaml: key 'study.direction'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_num_classes_that_disagrees_with_theme(site, tmp_path):
+    configs = tiny_config_files(tmp_path / "configs", base={"model": {"num_classes": 10}})
+    result = launch(site, "--theme-id", site["theme_id"], "--configs", configs, "--dry-run",
+                    cwd=tmp_path)
+    assert result.returncode == 2
+    assert "model.num_classes is 10 but theme 'tiny_digits' has 4 classes" in result.stderr
+
+
+@pytest.mark.ray
+def test_launch_runs_a_study_and_records_it(site, tmp_path):
+    configs = tiny_config_files(tmp_path / "configs", n_trials=2, epochs=1)
+    result = launch(site, "--theme-id", site["theme_id"], "--configs", configs,
+                    "--max-concurrent-trials", 2, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    for label in ("parent run:", "best trial:", "best value:", "best params:", "best run:",
+                  "registered:      tiny_digits_model version 1"):
+        assert label in out
+    parent_id = out.split("parent run:")[1].split()[0]
+    client = MlflowClient(site["env"]["MLFLOW_TRACKING_URI"])
+    assert client.get_run(parent_id).info.status == "FINISHED"
+
+    db = sqlite3.connect(site["folder"] / "db.sqlite3")
+    study = db.execute("select id, status, mlflow_parent_run_id, best_value from "
+                       "data_access_tuningstudy").fetchall()
+    assert len(study) == 1 and study[0][1] == "completed" and study[0][2] == parent_id
+    trials = db.execute("select number, state, mlflow_run_id from data_access_tuningtrial "
+                        "where study_id = ?", (study[0][0],)).fetchall()
+    assert sorted(t[0] for t in trials) == [0, 1]
+    assert {t[1] for t in trials} == {"COMPLETE"}
+    assert all(t[2] for t in trials)

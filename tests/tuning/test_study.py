@@ -1,0 +1,172 @@
+"""Whole studies on a real local Ray cluster with a real MLflow SQLite store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import mlflow.pytorch
+import optuna
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import tiny_config_files
+from tuning.config import ConfigFiles, Overrides, load_study_config
+from tuning.errors import StorageError
+from tuning.progress import ProgressDisplay
+from tuning.recording import StudyEnd, StudyStart, TrialEnd, TrialResult, TrialStart
+from tuning.study import prepare_study, run_study
+
+pytestmark = pytest.mark.ray
+
+
+class ListRecorder:
+    """A StudyRecorder that keeps every event, to check what the driver reports."""
+
+    def __init__(self):
+        self.events = []
+
+    def study_started(self, event): self.events.append(event)
+    def trial_started(self, event): self.events.append(event)
+    def trial_result(self, event): self.events.append(event)
+    def trial_finished(self, event): self.events.append(event)
+    def study_finished(self, event): self.events.append(event)
+
+    def of(self, kind):
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+def run(folder: Path, theme, *, recorder=None, **kwargs):
+    config = load_study_config(ConfigFiles.in_folder(folder), Overrides(theme_id=theme.id))
+    plan = prepare_study(config, theme, **kwargs)
+    return run_study(plan, recorder=recorder, progress=ProgressDisplay(min_interval_s=0))
+
+
+def child_runs(client: MlflowClient, outcome):
+    return client.search_runs(
+        [outcome.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{outcome.parent_run_id}'")
+
+
+def test_study_structure_in_mlflow(ray_local, mlflow_uri, tmp_path, digits_theme, capsys):
+    folder = tiny_config_files(tmp_path / "configs", n_trials=3, epochs=2)
+    recorder = ListRecorder()
+    outcome = run(folder, digits_theme, recorder=recorder)
+    client = MlflowClient(mlflow_uri)
+
+    # Experiment = theme name; parent run named by params.yaml's run_name.
+    experiment = client.get_experiment(outcome.experiment_id)
+    assert experiment.name == digits_theme.name
+    parent = client.get_run(outcome.parent_run_id)
+    assert parent.info.run_name == "tiny_run"
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["direction"] == "maximize"
+    assert parent.data.params["n_trials"] == "3"
+    assert "space.training.learning_rate" in parent.data.params
+
+    # One child per trial, named trial_{optuna number}, tagged with parent and Ray ids.
+    children = child_runs(client, outcome)
+    assert sorted(c.info.run_name for c in children) == ["trial_0", "trial_1", "trial_2"]
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["mlflow.parentRunId"] == outcome.parent_run_id
+        assert child.data.tags["ray.trial_id"]
+        assert len(child.data.tags["ray.node_id"]) >= 16
+        assert set(child.data.params) == {"training.learning_rate", "training.optimizer"}
+        for name in ("train_loss", "valid_loss", "valid_acc"):
+            history = client.get_metric_history(child.info.run_id, name)
+            assert [m.step for m in history] == [1, 2]
+        assert {"test_acc", "test_loss"} <= set(child.data.metrics)
+
+    # best_value is the best child's metric, and the registered version is its model.
+    best_child = max(children, key=lambda c: c.data.metrics["test_acc"])
+    assert parent.data.metrics["best_value"] == pytest.approx(best_child.data.metrics["test_acc"])
+    assert outcome.best_run_id == best_child.info.run_id
+    assert best_child.info.run_name == f"trial_{outcome.best_number}"
+    assert parent.data.params["best.training.optimizer"] == best_child.data.params[
+        "training.optimizer"]
+    version = client.get_model_version(f"{digits_theme.name}_model", outcome.model_version)
+    assert version.run_id == best_child.info.run_id
+    assert version.tags["parent_run_id"] == outcome.parent_run_id
+    assert len(client.search_model_versions(f"name='{digits_theme.name}_model'")) == 1
+
+    # The registered model loads and classifies an input of the trained size.
+    model = mlflow.pytorch.load_model(f"models:/{digits_theme.name}_model/{outcome.model_version}")
+    with torch.no_grad():
+        logits = model(torch.zeros(2, 1, 16, 16))
+    assert logits.shape == (2, digits_theme.num_classes)
+
+    # Parent artifacts: configs as given and resolved, best params, a copy of the best model.
+    artifacts = {a.path for a in client.list_artifacts(outcome.parent_run_id)}
+    assert {"configs", "best_params.yaml"} <= artifacts
+    configs = {a.path for a in client.list_artifacts(outcome.parent_run_id, "configs")}
+    assert {"configs/optuna_params.yaml", "configs/params.yaml", "configs/config.yaml",
+            "configs/augments.yaml", "configs/resolved.yaml"} <= configs
+    parent_model = mlflow.pytorch.load_model(
+        [m for m in mlflow.search_logged_models(experiment_ids=[outcome.experiment_id],
+                                                output_format="list")
+         if m.source_run_id == outcome.parent_run_id][0].model_uri)
+    assert isinstance(parent_model, torch.nn.Module)
+
+    # The recorder heard the same story, in order.
+    assert isinstance(recorder.events[0], StudyStart)
+    assert isinstance(recorder.events[-1], StudyEnd)
+    assert recorder.events[-1].best_trial_number == outcome.best_number
+    assert sorted(e.number for e in recorder.of(TrialStart)) == [0, 1, 2]
+    assert len(recorder.of(TrialResult)) == 6
+    assert {e.state for e in recorder.of(TrialEnd)} == {"COMPLETE"}
+
+    out = capsys.readouterr().out
+    assert "[themetune] trials 3/3 done" in out
+
+
+def test_persistent_storage_continues_and_refuses_other_direction(ray_local, mlflow_uri,
+                                                                  tmp_path, digits_theme):
+    folder = tiny_config_files(tmp_path / "configs", n_trials=2, epochs=1)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    first = run(folder, digits_theme, storage_url=url, study_name="shared")
+    second = run(folder, digits_theme, storage_url=url, study_name="shared")
+    study = optuna.load_study(study_name="shared", storage=url)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    assert [t.number for t in study.trials] == [0, 1, 2, 3]
+    client = MlflowClient(mlflow_uri)
+    names = sorted(c.info.run_name for c in child_runs(client, second))
+    assert names == ["trial_2", "trial_3"]  # Optuna's numbers continue across launches
+    assert first.parent_run_id != second.parent_run_id
+
+    other = tiny_config_files(tmp_path / "other", n_trials=1, study={"direction": "minimize",
+                                                                     "metric": "test_loss"})
+    config = load_study_config(ConfigFiles.in_folder(other), Overrides(theme_id=1))
+    with pytest.raises(StorageError, match="exists with direction maximize"):
+        prepare_study(config, digits_theme, storage_url=url, study_name="shared")
+
+
+def test_asha_stops_trials_and_they_end_pruned(ray_local, mlflow_uri, tmp_path, digits_theme):
+    folder = tiny_config_files(
+        tmp_path / "configs", n_trials=4, epochs=3,
+        infra={"ray": {"storage_path": str(tmp_path / "rr")}, "max_concurrent_trials": 2,
+               "mlflow": {"log_models": "best"}, "cache_dir": str(tmp_path / "cache"),
+               "scheduler": {"type": "asha", "metric": "valid_loss", "mode": "min",
+                             "grace_period": 1, "reduction_factor": 4}},
+        space={"training.learning_rate": {"type": "float", "low": 1e-5, "high": 0.05,
+                                          "log": True}})
+    recorder = ListRecorder()
+    outcome = run(folder, digits_theme, recorder=recorder)
+    client = MlflowClient(mlflow_uri)
+    children = child_runs(client, outcome)
+    states = {c.info.run_name: (c.info.status, c.data.tags["optuna.trial_state"])
+              for c in children}
+    assert len(states) == 4
+    # Stopped trials are KILLED in MLflow and PRUNED in Optuna; never a half-trained value.
+    for status, state in states.values():
+        assert (status, state) in {("FINISHED", "COMPLETE"), ("KILLED", "PRUNED")}
+    assert any(state == "PRUNED" for _, state in states.values())
+    for child in children:
+        if child.data.tags["optuna.trial_state"] == "PRUNED":
+            assert "test_acc" not in child.data.metrics
+    # log_models: best -> only the best trial's child run holds a model.
+    with_models = {m.source_run_id for m in mlflow.search_logged_models(
+        experiment_ids=[outcome.experiment_id], output_format="list")}
+    assert outcome.best_run_id in with_models
+    assert with_models <= {outcome.best_run_id, outcome.parent_run_id}
