@@ -21,6 +21,7 @@ from tuning.augment import AugmentSettings
 from tuning.config import StudyConfig
 from tuning.data import PreparedData, PreprocessSettings, prepare_data
 from tuning.errors import ConfigError, MetricError, ThemeError, ThemetuneError
+from tuning.interrupts import StopRequest
 from tuning.ledger import StudyLedger, TrialRecord
 from tuning.optuna_adapter import StudySearch, check_existing_study, open_storage
 from tuning.params import REPORTED_METRICS, TrainingParams
@@ -235,7 +236,10 @@ def run_study(plan: StudyPlan, *, recorder: StudyRecorder | None = None,
                     num_to_keep=config.infra.checkpoint.num_to_keep),
                 failure_config=tune.FailureConfig(
                     max_failures=config.infra.failure.max_failures)))
-        tuner.fit()
+        with StopRequest() as stop:
+            tuner.fit()
+        if stop.requested:
+            raise KeyboardInterrupt
         callback.close_open_trials(reason="study ended before the trial finished")
         return _finish_study(plan, study_runs, ledger, models, recorder)
     except KeyboardInterrupt:
