@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -106,3 +108,41 @@ def test_launch_runs_a_study_and_records_it(site, tmp_path):
     assert sorted(t[0] for t in trials) == [0, 1]
     assert {t[1] for t in trials} == {"COMPLETE"}
     assert all(t[2] for t in trials)
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_stop_signal_marks_runs_killed(site, tmp_path, signum):
+    configs = tiny_config_files(tmp_path / "configs", n_trials=4, epochs=30)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "--theme-id",
+                             str(site["theme_id"]), "--configs", str(configs)],
+                            env=site["env"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    parent_id = None
+    try:
+        deadline = time.time() + 240
+        for line in proc.stdout:
+            if "parent run " in line and parent_id is None:
+                parent_id = line.split("parent run ")[1].split()[0]
+            if parent_id and "running" in line and " 0 running" not in line:
+                break
+            assert time.time() < deadline, "no trial started in time"
+        time.sleep(3)
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    client = MlflowClient(site["env"]["MLFLOW_TRACKING_URI"])
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "KILLED"
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    assert children, "a trial had started"
+    assert all(c.info.status == "KILLED" for c in children)
+    db = sqlite3.connect(site["folder"] / "db.sqlite3")
+    status = db.execute("select status from data_access_tuningstudy where "
+                        "mlflow_parent_run_id = ?", (parent_id,)).fetchone()
+    assert status == ("killed",)
