@@ -26,7 +26,7 @@ demo: install
 	theme_id=$$($(PY) manage.py import_demo_theme --exist-ok | tail -n 1) && \
 	$(PY) launch.py --configs $(DEMO_CONFIGS) --theme-id $$theme_id
 
-test: install
+test: install browser
 	$(PY) -m pytest
 
 mlflow: install
@@ -40,3 +40,45 @@ bench-quick: install
 
 clean:
 	rm -rf ray_results .cache/themetune
+
+# ---------------------------------------------------------------- web UI
+.PHONY: web browser messages
+
+# The web UI on 127.0.0.1:8000 with the embedded defaults (SQLite db.sqlite3, MLflow in
+# mlflow.db, a local Ray per study). First run: migrates, imports the demo digits theme,
+# and asks for the first (admin) user on a terminal.
+web: install
+	$(PY) manage.py migrate --noinput -v 0
+	$(PY) manage.py web_setup --demo-theme
+	$(PY) manage.py runserver 127.0.0.1:8000
+
+# Debian's chromium for the browser tests (Playwright's own browser download does not
+# work here), and a Japanese font so that the Japanese pages' screenshots show text,
+# not boxes; nothing to do when both are there.
+browser:
+	(test -x /usr/bin/chromium && fc-list :lang=ja | grep -q .) || \
+	  (apt-get update && apt-get install -y chromium fonts-ipafont-gothic)
+
+# Japanese UI texts: refresh the catalogue, fill it from locale/ja_translations.py, compile.
+messages: install
+	$(PY) manage.py makemessages -l ja --ignore=.venv --ignore=tests --ignore=tuning \
+	  --ignore=bench --ignore=cluster --ignore=runs --ignore=media --ignore=staticfiles \
+	  --ignore=test-output
+	$(PY) locale/ja_translations.py
+	$(PY) manage.py compilemessages -l ja --ignore=.venv
+
+# A real multi-node Ray cluster on this machine (head + WORKERS workers, token auth on,
+# dashboard on 127.0.0.1:8265): see cluster/local.sh --help and README "Running on a cluster".
+WORKERS ?= 2
+.PHONY: cluster-up cluster-down cluster-status test-cluster
+cluster-up: install
+	cluster/local.sh up --workers $(WORKERS)
+
+cluster-down:
+	cluster/local.sh down
+
+cluster-status:
+	cluster/local.sh status
+
+test-cluster: install
+	$(PY) -m pytest tests/cluster

@@ -8,6 +8,11 @@ from django.db import models
 class Theme(models.Model):
     name = models.CharField(max_length=200, unique=True)
     description = models.TextField(blank=True)
+    # params.yaml values (nested, as in the file) that prefill the next study of this
+    # theme: the original system's "apply best params".
+    default_params = models.JSONField(default=dict, blank=True)
+    default_params_study_id = models.IntegerField(
+        null=True, blank=True, help_text="The study whose best params these are.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -49,6 +54,11 @@ class TuningStudy(models.Model):
         MAXIMIZE = "maximize"
         MINIMIZE = "minimize"
 
+    class Launcher(models.TextChoices):
+        NONE = "", "command line"
+        LOCAL = "local", "local process"
+        RAY_JOB = "ray", "Ray job"
+
     # PROTECT: deleting a theme must not silently erase the record of its studies.
     theme = models.ForeignKey(Theme, on_delete=models.PROTECT, related_name="studies")
     name = models.CharField(max_length=200)
@@ -71,6 +81,16 @@ class TuningStudy(models.Model):
     registered_model = models.CharField(max_length=200, blank=True)
     registered_version = models.CharField(max_length=50, blank=True)
     error = models.TextField(blank=True)
+    # How the web UI started the study, to follow and stop it. Empty for a study
+    # started from the command line.
+    launcher = models.CharField(max_length=8, choices=Launcher.choices, blank=True)
+    process_id = models.IntegerField(null=True, blank=True)
+    # The process's start time (Linux clock ticks since boot): tells our process from
+    # a later one that got the same pid.
+    process_start = models.CharField(max_length=32, blank=True)
+    run_dir = models.CharField(max_length=500, blank=True,
+                               help_text="Folder with the study's config files and log.")
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
@@ -78,6 +98,10 @@ class TuningStudy(models.Model):
     class Meta:
         ordering = ["-id"]
         verbose_name_plural = "tuning studies"
+        permissions = [
+            ("launch_study", "Can launch tuning studies"),
+            ("cancel_study", "Can cancel tuning studies"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} (id {self.id}, {self.status})"

@@ -8,7 +8,9 @@ still unwritten at the end is reported on stderr, never dropped silently.
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 from typing import TextIO
 
 from django.db import DatabaseError, IntegrityError, connection, transaction
@@ -27,10 +29,15 @@ _PERMANENT = (IntegrityError, DatabaseDataError)
 
 class DjangoStudyRecorder:
     """StudyRecorder over data_access.services. Call from the driver only; the study's
-    row id is in `study_id` once study_started has been written."""
+    row id is in `study_id` once study_started has been written.
 
-    def __init__(self, *, stream: TextIO | None = None):
+    With `study_id`, study_started fills in that existing row (a pending study that the
+    web UI created before launching `launch.py --record-id N`) instead of creating one,
+    so that the UI can follow the study it launched."""
+
+    def __init__(self, *, stream: TextIO | None = None, study_id: int | None = None):
         self.study_id: int | None = None
+        self._existing_id = study_id
         self._pending: list[Event] = []
         self._lost = 0
         self._failing = False
@@ -110,7 +117,13 @@ class DjangoStudyRecorder:
 
     def _write(self, event: Event) -> None:
         if isinstance(event, StudyStart):
-            self.study_id = services.study_create(theme_id=event.theme_id, event=event).id
+            if self._existing_id is not None:
+                self.study_id = services.study_start_existing(
+                    study_id=self._existing_id, event=event, driver_pid=os.getpid(),
+                    driver_start=_own_start_time()).id
+            else:
+                self.study_id = services.study_create(theme_id=event.theme_id,
+                                                      event=event).id
             return
         assert self.study_id is not None  # _flush skips events of an unwritten study
         if isinstance(event, TrialStart):
@@ -133,3 +146,14 @@ class DjangoStudyRecorder:
     def _warn(self, message: str) -> None:
         stream = self._stream if self._stream is not None else sys.stderr
         print(f"themetune: warning: {message}", file=stream, flush=True)
+
+
+def _own_start_time() -> str:
+    """This process's start time (Linux clock ticks since boot, field 22 of
+    /proc/self/stat): with the pid, it tells this process from a later one with the
+    same pid. Empty where /proc does not exist."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]

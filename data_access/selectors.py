@@ -11,7 +11,7 @@ from django.conf import settings
 from django.db.models import Count
 
 from data_access.db import database_description, database_errors_as_theme_errors
-from data_access.models import Theme, TuningParamConfig, TuningStudy, TuningTrial
+from data_access.models import Theme, ThemeImage, TuningParamConfig, TuningStudy, TuningTrial
 from tuning.errors import ThemeError, ThemetuneError
 from tuning.theme import Sample, ThemeSpec
 
@@ -22,11 +22,18 @@ __all__ = [
     "ThemeSummary",
     "TrialInfo",
     "database_description",
+    "ImageRef",
+    "ThemeDetail",
     "study_get",
+    "study_list",
+    "study_list_active",
     "study_list_for_theme",
     "theme_find_id",
+    "theme_get",
     "theme_get_spec",
+    "theme_image_file",
     "theme_list",
+    "theme_sample_images",
     "trial_list",
 ]
 
@@ -88,6 +95,16 @@ class StudyInfo:
     ended_at: datetime | None
     trial_count: int
     param_configs: tuple[ParamConfigInfo, ...]
+    # How the web UI launched it; empty/None for a study started from the CLI.
+    launcher: str = ""
+    process_id: int | None = None
+    process_start: str = ""
+    run_dir: str = ""
+    cancel_requested_at: datetime | None = None
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in (TuningStudy.Status.PENDING, TuningStudy.Status.RUNNING)
 
 
 @dataclass(frozen=True)
@@ -201,6 +218,11 @@ def _study_info(study: TuningStudy) -> StudyInfo:
         ended_at=study.ended_at,
         trial_count=study.trial_count,
         param_configs=tuple(_param_info(c) for c in study.param_configs.all()),
+        launcher=study.launcher,
+        process_id=study.process_id,
+        process_start=study.process_start,
+        run_dir=study.run_dir,
+        cancel_requested_at=study.cancel_requested_at,
     )
 
 
@@ -253,3 +275,93 @@ def theme_find_id(*, name: str) -> int | None:
     """The id of the theme with this name, or None."""
     with database_errors_as_theme_errors():
         return Theme.objects.filter(name=name).values_list("id", flat=True).first()
+
+
+# ---------------------------------------------------------------- for the web UI
+
+
+@dataclass(frozen=True)
+class ThemeDetail:
+    id: int
+    name: str
+    description: str
+    image_count: int
+    class_counts: tuple[tuple[str, int], ...]   # (label, images), sorted by label
+    default_params: dict[str, Any]
+    default_params_study_id: int | None
+    created_at: datetime
+
+    @property
+    def class_count(self) -> int:
+        return len(self.class_counts)
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    id: int
+    theme_id: int
+    label: str
+
+
+def _theme_not_found(theme_id: int) -> ThemeError:
+    return ThemeError(f"Theme {theme_id} not found in database {database_description()}.",
+                      fix=THEME_LIST_FIX)
+
+
+def theme_get(*, theme_id: int) -> ThemeDetail:
+    """One theme with its images counted per class. Raises ThemeError when missing."""
+    with database_errors_as_theme_errors():
+        theme = Theme.objects.filter(pk=theme_id).first()
+        if theme is None:
+            raise _theme_not_found(theme_id)
+        counts = tuple(
+            (row["label"], row["n"])
+            for row in theme.images.values("label").annotate(n=Count("id")).order_by("label")
+        )
+    return ThemeDetail(
+        id=theme.id, name=theme.name, description=theme.description,
+        image_count=sum(n for _, n in counts), class_counts=counts,
+        default_params=theme.default_params or {},
+        default_params_study_id=theme.default_params_study_id, created_at=theme.created_at,
+    )
+
+
+def theme_sample_images(*, theme_id: int, per_class: int) -> list[ImageRef]:
+    """The first `per_class` images of each class, for thumbnails."""
+    refs: list[ImageRef] = []
+    labels = (ThemeImage.objects.filter(theme_id=theme_id).values_list("label", flat=True)
+              .distinct().order_by("label"))
+    for label in labels:
+        ids = (ThemeImage.objects.filter(theme_id=theme_id, label=label).order_by("id")
+               .values_list("id", flat=True)[:per_class])
+        refs.extend(ImageRef(id=i, theme_id=theme_id, label=label) for i in ids)
+    return refs
+
+
+def theme_image_file(*, theme_id: int, image_id: int) -> str | None:
+    """The absolute path of one image of the theme, or None when there is no such
+    image. The path comes from the database row, never from the request."""
+    name = (ThemeImage.objects.filter(pk=image_id, theme_id=theme_id)
+            .values_list("image", flat=True).first())
+    if not name:
+        return None
+    media_root = os.path.abspath(settings.MEDIA_ROOT)
+    path = os.path.abspath(os.path.join(media_root, name))
+    # A row edited by hand to "../x" must not reach outside MEDIA_ROOT either.
+    if os.path.commonpath([media_root, path]) != media_root:
+        return None
+    return path
+
+
+def study_list(*, limit: int | None = None) -> list[StudyInfo]:
+    """Every study, newest first."""
+    studies = _studies().order_by("-id")
+    if limit is not None:
+        studies = studies[:limit]
+    return [_study_info(s) for s in studies]
+
+
+def study_list_active() -> list[StudyInfo]:
+    """Studies not yet ended (pending or running), oldest first."""
+    return [_study_info(s) for s in _studies().filter(
+        status__in=(TuningStudy.Status.PENDING, TuningStudy.Status.RUNNING)).order_by("id")]

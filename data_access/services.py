@@ -21,11 +21,12 @@ from django.core.files import File
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
+from django.utils import timezone as django_timezone
 from PIL import Image
 
 from data_access.db import database_description
 from data_access.models import Theme, ThemeImage, TuningParamConfig, TuningStudy, TuningTrial
-from data_access.selectors import THEME_LIST_FIX
+from data_access.selectors import THEME_LIST_FIX, StudyNotFoundError
 from tuning.errors import DataError, ThemeError
 from tuning.recording import StudyEnd, StudyStart, TrialEnd, TrialResult, TrialStart
 
@@ -299,8 +300,7 @@ def _redact_url(url: str | None) -> str:
     return urlunsplit(parts._replace(netloc=user + netloc))
 
 
-def study_create(*, theme_id: int, event: StudyStart) -> TuningStudy:
-    """A running study and one TuningParamConfig row per searched parameter."""
+def _param_configs(event: StudyStart) -> list[TuningParamConfig]:
     configs = []
     for param_name, spec in event.param_space.items():
         param_type = spec.get("type")
@@ -316,27 +316,79 @@ def study_create(*, theme_id: int, event: StudyStart) -> TuningStudy:
             step=_finite(spec.get("step")),
             choices=_json_safe(spec.get("choices")),
         ))
-    with transaction.atomic():
-        if not Theme.objects.filter(pk=theme_id).exists():
-            raise ThemeError(
-                f"Theme {theme_id} not found in database {database_description()}.",
-                fix=THEME_LIST_FIX,
-            )
-        study = TuningStudy.objects.create(
-            theme_id=theme_id,
-            name=event.name,
-            status=TuningStudy.Status.RUNNING,
-            direction=event.direction,
-            metric=event.metric,
-            n_trials=event.n_trials,
-            resolved_config=_json_safe(event.resolved_config),
-            optuna_study_name=event.optuna_study_name,
-            optuna_storage=_redact_url(event.optuna_storage),
-            mlflow_experiment_id=event.mlflow_experiment_id or "",
-            mlflow_parent_run_id=event.mlflow_parent_run_id or "",
-            ray_job_id=event.ray_job_id or "",
-            started_at=_aware(event.started_at),
+    return configs
+
+
+def _start_fields(event: StudyStart) -> dict[str, Any]:
+    """The study row's columns that a StudyStart sets."""
+    return dict(
+        theme_id=event.theme_id,
+        name=event.name,
+        status=TuningStudy.Status.RUNNING,
+        direction=event.direction,
+        metric=event.metric,
+        n_trials=event.n_trials,
+        resolved_config=_json_safe(event.resolved_config),
+        optuna_study_name=event.optuna_study_name,
+        optuna_storage=_redact_url(event.optuna_storage),
+        mlflow_experiment_id=event.mlflow_experiment_id or "",
+        mlflow_parent_run_id=event.mlflow_parent_run_id or "",
+        ray_job_id=event.ray_job_id or "",
+        started_at=_aware(event.started_at),
+    )
+
+
+def _require_theme(theme_id: int) -> None:
+    if not Theme.objects.filter(pk=theme_id).exists():
+        raise ThemeError(
+            f"Theme {theme_id} not found in database {database_description()}.",
+            fix=THEME_LIST_FIX,
         )
+
+
+def study_create(*, theme_id: int, event: StudyStart) -> TuningStudy:
+    """A running study and one TuningParamConfig row per searched parameter."""
+    configs = _param_configs(event)
+    with transaction.atomic():
+        _require_theme(theme_id)
+        study = TuningStudy.objects.create(**{**_start_fields(event), "theme_id": theme_id})
+        for config in configs:
+            config.study = study
+        TuningParamConfig.objects.bulk_create(configs)
+    return study
+
+
+def study_start_existing(*, study_id: int, event: StudyStart, driver_pid: int | None = None,
+                         driver_start: str = "") -> TuningStudy:
+    """Fill in an existing row (made by the web UI before it launched the study, or a
+    study being resumed) as study_create would have made it. Raises StudyNotFoundError
+    when the row is gone.
+
+    The row then follows the driver that records into it: its Ray job, or else (for a
+    study the web UI launched) its process, so that the UI watches and stops the right
+    one; a cancel or an end noted for an earlier driver no longer applies."""
+    configs = _param_configs(event)
+    with transaction.atomic():
+        study = TuningStudy.objects.select_for_update().filter(pk=study_id).first()
+        if study is None:
+            raise StudyNotFoundError(
+                f"Study {study_id} not found in database {database_description()}.",
+                fix="launch without --record-id, or create the study in the web UI.")
+        _require_theme(event.theme_id)
+        fields = _start_fields(event)
+        if fields["ray_job_id"]:
+            fields["launcher"] = TuningStudy.Launcher.RAY_JOB
+        else:
+            # The launcher's Ray job id is kept when the driver does not know its own.
+            fields.pop("ray_job_id")
+            if study.launcher and driver_pid is not None:
+                fields.update(launcher=TuningStudy.Launcher.LOCAL, process_id=driver_pid,
+                              process_start=driver_start)
+        fields.update(cancel_requested_at=None, error="", ended_at=None)
+        for name, value in fields.items():
+            setattr(study, name, value)
+        study.save()
+        study.param_configs.all().delete()
         for config in configs:
             config.study = study
         TuningParamConfig.objects.bulk_create(configs)
@@ -411,3 +463,75 @@ def trial_finish(*, study_id: int, event: TrialEnd) -> None:
             "ended_at": _aware(event.ended_at),
         },
     )
+
+
+# ---------------------------------------------------------------- studies launched by the web UI
+
+_ACTIVE = (TuningStudy.Status.PENDING, TuningStudy.Status.RUNNING)
+
+
+def study_create_pending(*, theme_id: int, name: str, optuna_study_name: str,
+                         direction: str, metric: str, n_trials: int,
+                         resolved_config: dict[str, Any], launcher: str) -> TuningStudy:
+    """The row of a study about to be launched; launch.py --record-id fills it in."""
+    if launcher not in TuningStudy.Launcher.values:
+        raise ValueError(f"launcher must be one of {TuningStudy.Launcher.values}, "
+                         f"got {launcher!r}")
+    with transaction.atomic():
+        _require_theme(theme_id)
+        return TuningStudy.objects.create(
+            theme_id=theme_id, name=name, status=TuningStudy.Status.PENDING,
+            direction=direction, metric=metric, n_trials=n_trials,
+            resolved_config=_json_safe(resolved_config),
+            optuna_study_name=optuna_study_name, launcher=launcher)
+
+
+def study_set_run_dir(*, study_id: int, run_dir: str) -> None:
+    TuningStudy.objects.filter(pk=study_id).update(run_dir=run_dir)
+
+
+def study_set_launched(*, study_id: int, process_id: int | None = None,
+                       process_start: str = "", ray_job_id: str = "") -> None:
+    fields: dict[str, Any] = {"process_id": process_id, "process_start": process_start}
+    if ray_job_id:
+        fields["ray_job_id"] = ray_job_id
+    TuningStudy.objects.filter(pk=study_id).update(**fields)
+
+
+def study_request_cancel(*, study_id: int) -> bool:
+    """Note that the user asked to stop the study. False when it already ended."""
+    updated = TuningStudy.objects.filter(pk=study_id, status__in=_ACTIVE).update(
+        cancel_requested_at=django_timezone.now())
+    return bool(updated)
+
+
+def study_mark_ended(*, study_id: int, status: str, error: str = "") -> bool:
+    """End a study whose driver is gone without saying so (killed, crashed, or failed
+    before it recorded its start). Trials still marked running end KILLED. False when
+    the study had already ended: the driver's own record wins."""
+    if status not in (TuningStudy.Status.FAILED, TuningStudy.Status.KILLED,
+                      TuningStudy.Status.COMPLETED):
+        raise ValueError(f"status must be failed, killed or completed, got {status!r}")
+    now = django_timezone.now()
+    with transaction.atomic():
+        updated = TuningStudy.objects.filter(pk=study_id, status__in=_ACTIVE).update(
+            status=status, error=error, ended_at=now)
+        if updated:
+            TuningTrial.objects.filter(study_id=study_id,
+                                       state=TuningTrial.State.RUNNING).update(
+                state=TuningTrial.State.KILLED, ended_at=now,
+                error="the study's driver ended before the trial finished")
+    return bool(updated)
+
+
+def theme_set_default_params(*, theme_id: int, params: dict[str, Any],
+                             study_id: int | None = None) -> None:
+    """Save params.yaml values (nested) that prefill the theme's next study."""
+    updated = Theme.objects.filter(pk=theme_id).update(
+        default_params=_json_safe(params), default_params_study_id=study_id,
+        updated_at=django_timezone.now())
+    if not updated:
+        raise ThemeError(
+            f"Theme {theme_id} not found in database {database_description()}.",
+            fix=THEME_LIST_FIX,
+        )

@@ -2,10 +2,14 @@
 
 With nothing set, this is a development setup: DEBUG on, SQLite file db.sqlite3 and
 media/ at the repository root. A deployment sets DJANGO_DEBUG=false, DJANGO_SECRET_KEY,
-DJANGO_ALLOWED_HOSTS and DATABASE_URL (PostgreSQL).
+DJANGO_ALLOWED_HOSTS and DATABASE_URL (PostgreSQL), runs `manage.py collectstatic` and
+serves with gunicorn (`gunicorn web.wsgi`); whitenoise serves the static files. It is
+meant to sit behind a TLS proxy: set DJANGO_SECURE_PROXY_SSL_HEADER=true when the proxy
+sets X-Forwarded-Proto.
 """
 
 import os
+import tempfile
 from pathlib import Path
 
 import dj_database_url
@@ -60,15 +64,21 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "data_access",
+    "web",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Right after SecurityMiddleware, as whitenoise asks: static files skip the rest.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Every page needs a login unless its view is marked login_not_required: a view
+    # added later is private by default.
+    "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -85,6 +95,8 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "django.template.context_processors.i18n",
+                "web.context_processors.links",
             ],
         },
     },
@@ -108,6 +120,13 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"timeout": 20, "transaction_mode": "IMMEDIATE"}
     )
+    # Tests that launch launch.py in a child process need a test database the child
+    # can open: a file, not SQLite's default in-memory test database. One per test
+    # process, so that two test runs never share it.
+    DATABASES["default"]["TEST"] = {
+        "NAME": os.environ.get("THEMETUNE_TEST_DB")
+        or os.path.join(tempfile.gettempdir(), f"themetune-test-{os.getpid()}.sqlite3")
+    }
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -125,6 +144,22 @@ USE_TZ = True
 
 STATIC_URL = os.environ.get("STATIC_URL", "static/")
 STATIC_ROOT = os.path.abspath(os.environ.get("STATIC_ROOT", BASE_DIR / "staticfiles"))
+STATICFILES_FINDERS = [
+    "django.contrib.staticfiles.finders.FileSystemFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+    # plotly.js from the plotly package itself: nothing is fetched at run time.
+    "web.staticfinders.PlotlyJsFinder",
+]
+# Development and tests serve static files straight from the finders; production
+# from STATIC_ROOT, filled by collectstatic.
+WHITENOISE_USE_FINDERS = DEBUG
+WHITENOISE_AUTOREFRESH = DEBUG
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # Hashed, compressed names need `collectstatic`: production only.
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+                    if DEBUG else "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
 
 # Theme images live here; data_access stores paths relative to it, so moving the
 # folder only needs MEDIA_ROOT changed.
@@ -132,3 +167,42 @@ MEDIA_URL = os.environ.get("MEDIA_URL", "media/")
 MEDIA_ROOT = os.path.abspath(os.environ.get("MEDIA_ROOT", BASE_DIR / "media"))
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "study_list"
+LOGOUT_REDIRECT_URL = "login"
+
+# ---------------------------------------------------------------- production security
+# `manage.py check --deploy` passes with DJANGO_DEBUG=false and these defaults.
+SECURE_SSL_REDIRECT = _env_bool("DJANGO_SECURE_SSL_REDIRECT", not DEBUG)
+SESSION_COOKIE_SECURE = _env_bool("DJANGO_SESSION_COOKIE_SECURE", not DEBUG)
+CSRF_COOKIE_SECURE = _env_bool("DJANGO_CSRF_COOKIE_SECURE", not DEBUG)
+SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_SECURE_HSTS_SECONDS",
+                                         "0" if DEBUG else "31536000"))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = _env_bool("DJANGO_SECURE_HSTS_PRELOAD", True)
+if _env_bool("DJANGO_SECURE_PROXY_SSL_HEADER", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+CSRF_TRUSTED_ORIGINS = _env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
+X_FRAME_OPTIONS = "DENY"
+
+# ---------------------------------------------------------------- themetune web UI
+# Where the UI keeps each launched study's config files and log: runs/study-<id>/.
+THEMETUNE_RUNS_DIR = os.path.abspath(os.environ.get("THEMETUNE_RUNS_DIR", BASE_DIR / "runs"))
+# Folders of the four YAML files that the new-study form can start from: configs/
+# itself and each sub-folder holding an optuna_params.yaml (configs/demo, ...).
+THEMETUNE_CONFIGS_DIR = os.path.abspath(os.environ.get("THEMETUNE_CONFIGS_DIR",
+                                                       BASE_DIR / "configs"))
+THEMETUNE_LAUNCH_SCRIPT = os.path.abspath(os.environ.get("THEMETUNE_LAUNCH_SCRIPT",
+                                                         BASE_DIR / "launch.py"))
+# A Ray cluster's job address (its dashboard, http://HOST:8265): studies run as Ray jobs.
+# Unset: each study runs as a local background process that starts its own local Ray.
+THEMETUNE_RAY_JOB_ADDRESS = (os.environ.get("THEMETUNE_RAY_ADDRESS")
+                             or os.environ.get("RAY_ADDRESS") or "")
+# SIGINT first (the driver marks its runs KILLED), then SIGTERM, then SIGKILL.
+THEMETUNE_CANCEL_GRACE_S = float(os.environ.get("THEMETUNE_CANCEL_GRACE_S", "30"))
+# Links shown in the UI. The MLflow UI of `make mlflow`; Ray's dashboard default port.
+THEMETUNE_MLFLOW_UI_URL = os.environ.get("MLFLOW_UI_URL", "http://127.0.0.1:5001").rstrip("/")
+THEMETUNE_RAY_DASHBOARD_URL = os.environ.get("RAY_DASHBOARD_URL", (
+    THEMETUNE_RAY_JOB_ADDRESS if THEMETUNE_RAY_JOB_ADDRESS.startswith("http")
+    else "http://127.0.0.1:8265")).rstrip("/")

@@ -1,0 +1,223 @@
+"""Japanese texts of the web UI, merged into locale/ja/LC_MESSAGES/django.po.
+
+    python manage.py makemessages -l ja --ignore=.venv ...   # (see Makefile: messages)
+    python locale/ja_translations.py                         # fill in msgstr
+    python manage.py compilemessages
+
+Kept as a table so that a re-run of makemessages never loses a translation."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+JA = {
+    "Theme": "テーマ",
+    "Start from": "初期値",
+    "A folder of configs/ whose files fill this form.": "このフォームに読み込む configs/ のフォルダ。",
+    "Study name": "スタディ名",
+    "Optuna study name (study.name).": "Optuna のスタディ名（study.name）。",
+    "Direction": "最適化の方向",
+    "maximize": "最大化",
+    "minimize": "最小化",
+    "Metric": "評価指標",
+    "Trials": "試行",
+    "Number of trials (study.n_trials).": "試行回数（study.n_trials）。",
+    "Timeout (s)": "タイムアウト（秒）",
+    "Time budget in seconds; empty: none.": "制限時間（秒）。空欄なら制限なし。",
+    "Search space": "探索空間",
+    "params_to_tune: one entry per parameter, with type float, int or categorical.":
+        "params_to_tune：パラメータごとに 1 項目。type は float・int・categorical。",
+    "Fixed parameters": "固定パラメータ",
+    "base_params: used by every trial; params.yaml overrides them.":
+        "base_params：全試行で使う値。params.yaml の値が優先されます。",
+    "params.yaml": "params.yaml",
+    "Training parameters; they override the fixed parameters, and sampled values override them.":
+        "学習パラメータ。固定パラメータより優先され、サンプリングされた値がさらに優先されます。",
+    "CPUs per trial": "試行あたりの CPU",
+    "GPUs per trial": "試行あたりの GPU",
+    "Fractions share a GPU, e.g. 0.25.": "小数で GPU を共有できます（例：0.25）。",
+    "Trials at once": "同時実行数",
+    "Scheduler": "スケジューラ",
+    "none": "なし",
+    "ASHA (stops poor trials early)": "ASHA（成績の悪い試行を早期終了）",
+    "Grace period (epochs)": "猶予期間（エポック）",
+    "ASHA: epochs every trial runs before it may be stopped.":
+        "ASHA：打ち切りの対象になる前に各試行が必ず実行するエポック数。",
+    "config.yaml (other settings)": "config.yaml（その他の設定）",
+    "MLflow, Ray, checkpoints, failures, cache folder.":
+        "MLflow、Ray、チェックポイント、失敗時の再試行、キャッシュフォルダ。",
+    "augments.yaml": "augments.yaml",
+    "Augmentations of training batches.": "学習バッチのデータ拡張。",
+    "Optimization history": "最適化履歴",
+    "Parameter importance": "パラメータ重要度",
+    "Parallel coordinates": "平行座標",
+    "Slice": "スライス",
+    "English": "英語",
+    "Japanese": "日本語",
+    "stopping…": "停止中…",
+    "%(done)s of %(total)s trials done": "%(total)s 試行中 %(done)s 試行完了",
+    "%(n)s running": "%(n)s 実行中",
+    "%(n)s pruned": "%(n)s 枝刈り",
+    "%(n)s failed or killed": "%(n)s 失敗・中止",
+    "Elapsed": "経過時間",
+    "Estimated time left": "残り時間（推定）",
+    "Starting: preparing data and Ray…": "開始中：データと Ray を準備しています…",
+    "Best trial": "最良の試行",
+    "Trial": "試行",
+    "Registered model": "登録モデル",
+    "Download params.yaml": "params.yaml をダウンロード",
+    "Save as the theme's defaults": "テーマの既定値として保存",
+    "State": "状態",
+    "Epochs": "エポック",
+    "Duration": "所要時間",
+    "Node": "ノード",
+    "run": "ラン",
+    "No trial has started yet.": "まだ試行は始まっていません。",
+    "Name": "名前",
+    "Status": "状態",
+    "Best": "最良値",
+    "Created": "作成日時",
+    "No studies yet.": "スタディはまだありません。",
+    "Studies": "スタディ",
+    "Themes": "テーマ",
+    "New study": "新しいスタディ",
+    "Ray dashboard": "Ray ダッシュボード",
+    "Admin": "管理",
+    "Language": "言語",
+    "Log out": "ログアウト",
+    "Log in": "ログイン",
+    "Tune image classifiers for your themes on Ray, with Optuna and MLflow.":
+        "テーマごとの画像分類モデルを、Ray 上で Optuna と MLflow を使ってチューニングします。",
+    "User name": "ユーザー名",
+    "Password": "パスワード",
+    "Study %(id)s": "スタディ %(id)s",
+    "Stop this study? Its running trials end as killed.":
+        "このスタディを停止しますか？実行中の試行は中止として終了します。",
+    "Cancel study": "スタディを中止",
+    "Log": "ログ",
+    "Optuna study": "Optuna スタディ",
+    "Runs as": "実行方法",
+    "Ray job": "Ray ジョブ",
+    "local process": "ローカルプロセス",
+    "command line": "コマンドライン",
+    "parent run": "親ラン",
+    "Plots": "グラフ",
+    "Parameter": "パラメータ",
+    "Type": "型",
+    "Range or choices": "範囲・選択肢",
+    "There is no theme to tune yet. Import one with <code>python manage.py import_theme DIR --name NAME</code> (or the demo digits with <code>python manage.py import_demo_theme</code>), then come back.":
+        "チューニングできるテーマがまだありません。<code>python manage.py import_theme DIR --name NAME</code>"
+        "（デモの数字画像なら <code>python manage.py import_demo_theme</code>）で取り込んでから戻ってください。",
+    "The settings have a problem: see the marked field below.":
+        "設定に問題があります。下の印の付いた項目を確認してください。",
+    "Theme and study": "テーマとスタディ",
+    "params.yaml below starts from this theme's saved defaults (best params of study %(id)s).":
+        "下の params.yaml は、このテーマに保存された既定値（スタディ %(id)s の最良パラメータ）から始まります。",
+    "Search space and parameters": "探索空間とパラメータ",
+    "YAML, as in the files of configs/. Each parameter to tune has a <code>type</code> (float, int or categorical) with <code>low</code>/<code>high</code> (and <code>log</code>, <code>step</code>) or <code>choices</code>.":
+        "configs/ のファイルと同じ YAML です。チューニングする各パラメータには <code>type</code>"
+        "（float・int・categorical）と、<code>low</code>/<code>high</code>（と <code>log</code>・"
+        "<code>step</code>）または <code>choices</code> を書きます。",
+    "Resources and scheduler": "リソースとスケジューラ",
+    "Advanced: config.yaml and augments.yaml": "詳細設定：config.yaml と augments.yaml",
+    "Launch study": "スタディを開始",
+    "Runs as a Ray job on the configured cluster.": "設定された Ray クラスタでジョブとして実行します。",
+    "Runs as a background process on this machine, with a local Ray.":
+        "このマシンのバックグラウンドプロセスとして、ローカルの Ray で実行します。",
+    "Back to %(name)s #%(id)s": "%(name)s #%(id)s に戻る",
+    "The plot could not be loaded.": "グラフを読み込めませんでした。",
+    "Tune this theme": "このテーマをチューニング",
+    "%(images)s images in %(classes)s classes.": "%(classes)s クラス、%(images)s 枚の画像。",
+    "Defaults for the next study": "次のスタディの既定値",
+    "Best params of study %(id)s; they prefill params.yaml of a new study.":
+        "スタディ %(id)s の最良パラメータです。新しいスタディの params.yaml の初期値になります。",
+    "Classes": "クラス",
+    "%(counter)s image": "%(counter)s 枚",
+    "Studies of this theme": "このテーマのスタディ",
+    "A theme is a labelled image set: one folder per class. Import one with <code>python manage.py import_theme DIR --name NAME</code>, or the demo digits with <code>python manage.py import_demo_theme</code>.":
+        "テーマはラベル付きの画像セットです（クラスごとに 1 フォルダ）。"
+        "<code>python manage.py import_theme DIR --name NAME</code> で取り込むか、デモの数字画像を "
+        "<code>python manage.py import_demo_theme</code> で取り込みます。",
+    "Images": "画像",
+    "Tune": "チューニング",
+    "No themes yet.": "テーマはまだありません。",
+    "pending": "待機中",
+    "running": "実行中",
+    "completed": "完了",
+    "complete": "完了",
+    "failed": "失敗",
+    "killed": "中止",
+    "pruned": "枝刈り",
+    "Load the defaults of this theme and preset? Your edits are lost.":
+        "このテーマと初期値の設定を読み込みますか？編集した内容は失われます。",
+    "(no output yet)": "（まだ出力はありません）",
+    "Study %(id)s launched.": "スタディ %(id)s を開始しました。",
+    "Cancel requested: the study stops its trials and ends as killed.":
+        "中止を要求しました。スタディは試行を止め、中止として終了します。",
+    "The study had already ended.": "スタディはすでに終了しています。",
+    "The study has no best params yet.": "このスタディにはまだ最良パラメータがありません。",
+    "Saved as the defaults of theme %(theme)s: the next study of this theme starts from them.":
+        "テーマ %(theme)s の既定値として保存しました。このテーマの次のスタディはこの値から始まります。",
+    "This plot needs at least %(n)s completed trial(s); it appears as soon as they finish.":
+        "このグラフには完了した試行が %(n)s 件以上必要です。試行が終わりしだい表示されます。",
+}
+
+
+def _unquote(lines: list[str]) -> str:
+    return "".join(re.match(r'^(?:msgid(?:_plural)? |msgstr(?:\[\d\])? )?"(.*)"$', l).group(1)
+                   .encode().decode("unicode_escape").encode("latin-1").decode("utf-8")
+                   for l in lines)
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def fill(po_path: Path) -> list[str]:
+    """Set every msgstr from JA; returns the msgids left untranslated."""
+    blocks = po_path.read_text(encoding="utf-8").split("\n\n")
+    missing = []
+    out = []
+    for block in blocks:
+        lines = block.split("\n")
+        starts = [i for i, l in enumerate(lines) if l.startswith("msgid ")]
+        if not starts:
+            out.append(block)
+            continue
+        i = starts[0]
+        j = i + 1
+        while j < len(lines) and lines[j].startswith('"'):
+            j += 1
+        msgid = _unquote(lines[i:j])
+        if not msgid:  # the header
+            header = block.replace("#, fuzzy\n", "").replace('"Language: \\n"',
+                                                               '"Language: ja\\n"')
+            header = header.replace("# SOME DESCRIPTIVE TITLE.", "# themetune web UI: Japanese.")
+            out.append(header)
+            continue
+        head = [l for l in lines[:i] if l != "#, fuzzy"]
+        plural = j < len(lines) and lines[j].startswith("msgid_plural")
+        text = JA.get(msgid)
+        if text is None:
+            missing.append(msgid)
+            out.append(block)
+            continue
+        if plural:
+            k = j + 1
+            while k < len(lines) and lines[k].startswith('"'):
+                k += 1
+            body = lines[i:k] + [f"msgstr[0] {_quote(text)}"]
+        else:
+            body = lines[i:j] + [f"msgstr {_quote(text)}"]
+        out.append("\n".join(head + body))
+    po_path.write_text("\n\n".join(out), encoding="utf-8")
+    return missing
+
+
+if __name__ == "__main__":
+    left = fill(Path(__file__).resolve().parent / "ja" / "LC_MESSAGES" / "django.po")
+    for msgid in left:
+        print(f"untranslated: {msgid!r}", file=sys.stderr)
+    sys.exit(1 if left else 0)

@@ -1,0 +1,149 @@
+"""Django, users, a tiny theme and tiny configs for the web UI tests.
+
+Like tests/data_access, Django is set up here at collection, so tests elsewhere stay free
+of it. The test database is a file (web/settings.py sets DATABASES TEST NAME), so that a
+study launched by a test, in a child process, writes to the same database that the test
+and its live server read.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "web.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+from tests.conftest import tiny_config_files, write_digits_folder  # noqa: E402
+
+SCREENSHOTS = ROOT / "test-output" / "screenshots"
+PASSWORD = "tune-pass-123"
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "browser: drives Debian's chromium with Playwright (slow)")
+
+
+@pytest.fixture(autouse=True)
+def web_settings(settings, tmp_path):
+    """Each test gets its own media, runs and configs folders, and fast hashing."""
+    settings.MEDIA_ROOT = str(tmp_path / "media")
+    settings.THEMETUNE_RUNS_DIR = str(tmp_path / "runs")
+    settings.THEMETUNE_RAY_JOB_ADDRESS = ""
+    settings.THEMETUNE_CANCEL_GRACE_S = 20
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    # The default config folder has comments a dump would lose; keep the real one.
+    configs = tmp_path / "configs"
+    tiny_config_files(configs, infra=tiny_infra(tmp_path))
+    tiny_config_files(configs / "tiny2", n_trials=3, infra=tiny_infra(tmp_path))
+    settings.THEMETUNE_CONFIGS_DIR = str(configs)
+    return settings
+
+
+def tiny_infra(folder: Path) -> dict:
+    return {"mlflow": {"tracking_uri": f"sqlite:///{folder / 'mlflow.db'}", "log_models": "none"},
+            "ray": {"storage_path": str(folder / "ray_results"), "num_cpus": 2},
+            "resources": {"cpu": 1, "gpu": 0}, "max_concurrent_trials": 2,
+            "cache_dir": str(folder / "cache")}
+
+
+@pytest.fixture
+def tuner(django_user_model):
+    """A user who may launch and cancel studies."""
+    from django.contrib.auth.models import Permission
+
+    user = django_user_model.objects.create_user("tuner", password=PASSWORD)
+    user.user_permissions.add(*Permission.objects.filter(
+        codename__in=("launch_study", "cancel_study")))
+    return user
+
+
+@pytest.fixture
+def viewer(django_user_model):
+    """A logged-in user without the launch and cancel permissions."""
+    return django_user_model.objects.create_user("viewer", password=PASSWORD)
+
+
+@pytest.fixture
+def digits_dir(tmp_path_factory) -> Path:
+    return write_digits_folder(tmp_path_factory.mktemp("digits"), per_class=20, classes=4)
+
+
+@pytest.fixture
+def theme(db, digits_dir):
+    from data_access import services
+
+    return services.theme_import_folder(directory=digits_dir, name="digits4",
+                                        description="4 classes of 8x8 digits")
+
+
+@pytest.fixture
+def make_study(db):
+    """A study recorded as launch.py records one: rows written through the recorder."""
+    from data_access.recorder import DjangoStudyRecorder
+    from tuning.recording import StudyEnd, StudyStart, TrialEnd, TrialResult, TrialStart
+
+    def make(theme, *, values=(0.5, 0.75, 0.6), finish=True, name="tiny_run"):
+        recorder = DjangoStudyRecorder()
+        recorder.study_started(StudyStart(
+            theme_id=theme.id, name=name, direction="maximize", metric="test_acc",
+            n_trials=len(values) + (0 if finish else 1), optuna_study_name="tiny",
+            optuna_storage=None, mlflow_experiment_id="1", mlflow_parent_run_id="p1",
+            resolved_config={"params": {"training": {"learning_rate": 0.001,
+                                                     "optimizer": "Adam", "run_name": name},
+                                        "data": {"image_size": 16}}},
+            param_space={
+                "training.learning_rate": {"type": "float", "low": 0.001, "high": 0.01,
+                                           "log": True},
+                "training.optimizer": {"type": "categorical", "choices": ["Adam", "AdamW"]}}))
+        for number, value in enumerate(values):
+            params = {"training.learning_rate": 0.001 * (number + 1),
+                      "training.optimizer": ["Adam", "AdamW"][number % 2]}
+            recorder.trial_started(TrialStart(number=number, ray_trial_id=f"t{number}",
+                                              params=params, mlflow_run_id=f"run{number}"))
+            recorder.trial_result(TrialResult(number=number, epoch=1, node="node-a",
+                                              metrics={"valid_acc": value}))
+            recorder.trial_finished(TrialEnd(number=number, state="COMPLETE", value=value))
+        if finish:
+            best = max(range(len(values)), key=lambda i: values[i])
+            recorder.study_finished(StudyEnd(
+                status="completed", best_value=values[best], best_trial_number=best,
+                best_params={"training.learning_rate": 0.001 * (best + 1),
+                             "training.optimizer": ["Adam", "AdamW"][best % 2]}))
+        return recorder.study_id
+
+    return make
+
+
+def launch_supports_record_id() -> bool:
+    """True once launch.py has --record-id (see tests/web/launch_with_record.py)."""
+    import contextlib
+    import io
+
+    import launch
+
+    with contextlib.redirect_stderr(io.StringIO()):
+        try:
+            launch.parse_args(["--record-id", "1"])
+        except SystemExit:
+            return False
+    return True
+
+
+def chromium_path() -> str | None:
+    """/usr/bin/chromium, installed with `make browser` if it is missing."""
+    path = Path("/usr/bin/chromium")
+    if not path.exists():
+        subprocess.run(["make", "-C", str(ROOT), "browser"], capture_output=True, timeout=900)
+    return str(path) if path.exists() else None

@@ -1,0 +1,115 @@
+"""The new-study form: the CLI's config models judge it, and each error is shown next to
+the field that holds the offending key, in the CLI's words."""
+
+from __future__ import annotations
+
+import re
+from html import unescape
+from pathlib import Path
+
+import pytest
+import yaml
+from django.urls import reverse
+
+from data_access.models import TuningStudy
+from tuning.config import ConfigFiles, Overrides, load_study_config
+from tuning.errors import ConfigError
+from web import study_configs
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def form_values(theme, settings):
+    preset = study_configs.presets(Path(settings.THEMETUNE_CONFIGS_DIR))[0]
+    values = study_configs.initial_values(preset, class_count=4)
+    values.update(theme=str(theme.id), preset=preset.name)
+    return values
+
+
+def post(client, user, values):
+    client.force_login(user)
+    return client.post(reverse("study_new"), values)
+
+
+def field_error(response, field: str) -> str:
+    page = response.content.decode()
+    match = re.search(rf'id="field-{field}".*?<div class="fielderror" role="alert">(.*?)</div>',
+                      page, re.S)
+    assert match, f"no error shown at field {field!r}"
+    return unescape(match.group(1)).strip()
+
+
+def cli_error(values, theme_id, tmp_path) -> str:
+    """What `launch.py` says about the same files."""
+    texts = study_configs.compose(values, tmp_path)
+    folder = tmp_path / "cli"
+    folder.mkdir()
+    for name, text in texts.items():
+        (folder / name).write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_study_config(ConfigFiles.in_folder(folder), Overrides(theme_id=theme_id))
+    exc = info.value
+    return ConfigError(exc.message, file=Path(exc.file).name, key=exc.key, fix=exc.fix).one_line()
+
+
+@pytest.mark.parametrize("field, change, expected", [
+    ("space", lambda v: v.update(space=v["space"].replace("high: 0.01", "high: 0.0001")),
+     "optuna_params.yaml: key 'params_to_tune.training.learning_rate': `low` must be <= `high`"),
+    ("n_trials", lambda v: v.update(n_trials="0"),
+     "optuna_params.yaml: key 'study.n_trials': Input should be greater than or equal to 1"),
+    ("base_params", lambda v: v.update(base_params=v["base_params"] + "training:\n  epochs: 3\n"),
+     "optuna_params.yaml: key 'base_params.training.epochs': unknown key."),
+    ("params", lambda v: v.update(params="data:\n  image_size: 4\n"),
+     "params.yaml: key 'data.image_size': Input should be greater than or equal to 8"),
+    ("config", lambda v: v.update(config=v["config"] + "mlfow: {}\n"),
+     "config.yaml: key 'mlfow': unknown key."),
+    ("cpu", lambda v: v.update(cpu="-1"),
+     "config.yaml: key 'resources.cpu': Input should be greater than 0"),
+    ("augments", lambda v: v.update(augments="horizontal_flip: 2\n"),
+     "augments.yaml: key 'horizontal_flip': Input should be less than or equal to 1"),
+])
+def test_errors_are_the_clis_next_to_their_field(client, tuner, theme, form_values, tmp_path,
+                                                  field, change, expected):
+    change(form_values)
+    response = post(client, tuner, form_values)
+    assert response.status_code == 200
+    shown = field_error(response, field)
+    assert shown.startswith(expected), shown
+    assert shown == cli_error(form_values, theme.id, tmp_path)
+    assert not TuningStudy.objects.exists()
+
+
+def test_yaml_syntax_error_names_the_line(client, tuner, form_values):
+    form_values["space"] = "training.learning_rate:\n  type: float\n low: 1\n"
+    shown = field_error(post(client, tuner, form_values), "space")
+    assert shown.startswith("YAML syntax error at line 3"), shown
+
+
+def test_too_many_cpus_is_refused_as_the_cli_refuses_it(client, tuner, form_values):
+    form_values["cpu"] = "512"
+    shown = field_error(post(client, tuner, form_values), "cpu")
+    assert "config.yaml: key 'resources.cpu': a trial asks for 512 CPUs" in shown
+
+
+def test_valid_form_writes_the_files_launch_py_reads(client, tuner, theme, form_values,
+                                                     settings, monkeypatch):
+    started = []
+    monkeypatch.setattr("web.launch._start_local",
+                        lambda study_id, theme_id, folder: started.append((study_id, folder)))
+    form_values.update(n_trials="5", study_name="web_study", scheduler="asha",
+                       grace_period="1", max_concurrent_trials="1")
+    response = post(client, tuner, form_values)
+    study = TuningStudy.objects.get()
+    assert response.status_code == 302
+    assert response["Location"] == reverse("study_detail", args=[study.id])
+    assert study.status == "pending" and study.launcher == "local"
+    assert study.n_trials == 5 and study.optuna_study_name == "web_study"
+    folder = Path(settings.THEMETUNE_RUNS_DIR) / f"study-{study.id}"
+    assert started == [(study.id, folder)] and study.run_dir == str(folder)
+    config = load_study_config(ConfigFiles.in_folder(folder / "configs"),
+                               Overrides(theme_id=theme.id))
+    assert config.study.n_trials == 5 and config.infra.scheduler.type == "asha"
+    assert config.infra.max_concurrent_trials == 1
+    assert yaml.safe_load((folder / "configs" / "params.yaml").read_text()) == \
+        yaml.safe_load(form_values["params"])

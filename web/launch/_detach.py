@@ -1,0 +1,23 @@
+"""Start a command in its own session and exit at once, printing the command's pid.
+
+Run as `python _detach.py LOG COMMAND...` by web/launch/local.py. Because this helper
+exits right away, the study process is adopted by init: the web server never has to
+reap it, so no zombie is left behind whichever worker process launched it, and a web
+server restart does not touch the study.
+"""
+
+import subprocess
+import sys
+
+
+def main() -> None:
+    log_path, command = sys.argv[1], sys.argv[2:]
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True,
+                                   close_fds=True)
+    print(process.pid, flush=True)
+
+
+if __name__ == "__main__":
+    main()

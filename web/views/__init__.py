@@ -1,0 +1,1 @@
+"""The web UI's views: thin, they call data_access selectors/services and web helpers."""

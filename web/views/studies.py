@@ -1,0 +1,173 @@
+"""Studies: list, the new-study form (launch), a study's page and its live part,
+cancel, and its best params (download, apply as the theme's defaults)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import permission_required
+from django.http import Http404, HttpResponse
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from data_access import selectors, services
+from tuning.errors import ConfigError, ThemeError
+from web import best_params, launch, study_configs
+from web.forms import StudyForm
+from web.progress import study_progress, trial_duration
+from web.views.common import study_or_404 as _study
+
+LAUNCH_PERMISSION = "data_access.launch_study"
+CANCEL_PERMISSION = "data_access.cancel_study"
+
+
+def _trial_rows(trials, now):
+    return [{"trial": t, "duration": trial_duration(t, now)} for t in trials]
+
+
+def _live_context(study):
+    now = timezone.now()
+    trials = selectors.trial_list(study_id=study.id)
+    return {"study": study, "trials": _trial_rows(trials, now),
+            "progress": study_progress(study, trials, now),
+            "param_names": [c.name for c in study.param_configs]
+            or sorted({k for t in trials for k in t.params})}
+
+
+@require_GET
+def study_list(request):
+    launch.refresh_active()
+    return render(request, "web/study_list.html", {"studies": selectors.study_list(limit=200)})
+
+
+@require_GET
+def study_detail(request, study_id: int):
+    study = _study(study_id)
+    context = _live_context(study)
+    context["plot_kinds"] = _plot_links()
+    return render(request, "web/study_detail.html", context)
+
+
+@require_GET
+def study_live(request, study_id: int):
+    """The parts of the study page that change while it runs; the page polls this."""
+    study = _study(study_id)
+    response = render(request, "web/_study_live.html", _live_context(study))
+    response["X-Study-Active"] = "1" if study.is_active else "0"
+    return response
+
+
+@require_GET
+def study_log(request, study_id: int):
+    study = _study(study_id)
+    return HttpResponse(launch.log_tail(study) or _("(no output yet)"),
+                        content_type="text/plain; charset=utf-8")
+
+
+def _plot_links():
+    from web.plots import KINDS
+
+    return [(slug, kind.title) for slug, kind in KINDS.items()]
+
+
+def _presets():
+    return {p.name: p for p in study_configs.presets(Path(settings.THEMETUNE_CONFIGS_DIR))}
+
+
+def _initial(theme, preset):
+    values = study_configs.initial_values(
+        preset, class_count=theme.class_count if theme else None,
+        theme_defaults=theme.default_params if theme else None)
+    values.update(theme=theme.id if theme else None, preset=preset.name)
+    return values
+
+
+@permission_required(LAUNCH_PERMISSION, raise_exception=True)
+@require_http_methods(["GET", "POST"])
+def study_new(request):
+    themes = selectors.theme_list()
+    presets = _presets()
+    form_kwargs = {"themes": themes, "presets": list(presets)}
+    if request.method == "POST":
+        form = StudyForm(request.POST, **form_kwargs)
+        if form.is_valid():
+            theme_id = form.cleaned_data["theme"]
+            try:
+                files = study_configs.build(form.config_values(), theme_id=theme_id)
+                study_id = launch.launch_new_study(theme_id=theme_id, files=files)
+            except study_configs.FieldError as exc:
+                form.add_error(exc.field, exc.message)
+            except (launch.LaunchError, ThemeError) as exc:
+                form.add_error(None, exc.one_line())
+            else:
+                messages.success(request, _("Study %(id)s launched.") % {"id": study_id})
+                return redirect("study_detail", study_id=study_id)
+        selected = next((t for t in themes if str(t.id) == form.data.get("theme")), None)
+    else:
+        theme_id = request.GET.get("theme", "")
+        theme = None
+        if theme_id.isdigit():
+            try:
+                theme = selectors.theme_get(theme_id=int(theme_id))
+            except ThemeError:
+                theme = None
+        elif themes:
+            theme = selectors.theme_get(theme_id=themes[0].id)
+        preset = presets.get(request.GET.get("preset", ""), next(iter(presets.values()), None))
+        if preset is None:
+            raise Http404(f"no config folder in {settings.THEMETUNE_CONFIGS_DIR}")
+        try:
+            initial = _initial(theme, preset)
+        except ConfigError as exc:
+            messages.error(request, exc.one_line())
+            initial = {"theme": theme.id if theme else None, "preset": preset.name}
+        form = StudyForm(initial=initial, **form_kwargs)
+        selected = theme
+    return render(request, "web/study_new.html", {
+        "form": form, "themes": themes, "selected_theme": selected,
+        "backend": launch.backend()})
+
+
+@permission_required(CANCEL_PERMISSION, raise_exception=True)
+@require_POST
+def study_cancel(request, study_id: int):
+    _study(study_id)
+    try:
+        if launch.cancel_study(study_id=study_id):
+            messages.info(request, _("Cancel requested: the study stops its trials and "
+                                     "ends as killed."))
+        else:
+            messages.warning(request, _("The study had already ended."))
+    except launch.LaunchError as exc:
+        messages.error(request, exc.one_line())
+    return redirect("study_detail", study_id=study_id)
+
+
+@require_GET
+def best_params_download(request, study_id: int):
+    study = _study(study_id)
+    if not study.best_params:
+        raise Http404("the study has no best params yet")
+    response = HttpResponse(best_params.params_yaml(study),
+                            content_type="application/yaml; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="params-study-{study.id}.yaml"'
+    return response
+
+
+@permission_required(LAUNCH_PERMISSION, raise_exception=True)
+@require_POST
+def best_params_apply(request, study_id: int):
+    study = _study(study_id)
+    if not study.best_params:
+        messages.error(request, _("The study has no best params yet."))
+        return redirect("study_detail", study_id=study_id)
+    services.theme_set_default_params(theme_id=study.theme_id,
+                                      params=best_params.nested(study.best_params),
+                                      study_id=study.id)
+    messages.success(request, _("Saved as the defaults of theme %(theme)s: the next study "
+                                "of this theme starts from them.") % {"theme": study.theme_name})
+    return redirect("study_detail", study_id=study_id)
