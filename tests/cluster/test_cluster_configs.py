@@ -1,0 +1,324 @@
+"""What cluster/ ships for real clusters, parsed and checked field by field: the Ray
+cluster launcher configs (against the JSON schema Ray ships), the KubeRay manifests, the
+Dockerfile, the job runtime_env, the GPU config.yaml, local.sh and submit.py."""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CLUSTER = ROOT / "cluster"
+LAUNCHER_CONFIGS = ["onprem.yaml", "aws-gpu.yaml"]
+
+
+def load(name: str):
+    return yaml.safe_load((CLUSTER / name).read_text())
+
+
+def load_all(name: str) -> dict[str, dict]:
+    return {doc["kind"]: doc for doc in yaml.safe_load_all((CLUSTER / name).read_text()) if doc}
+
+
+def commands(config: dict, key: str) -> str:
+    return "\n".join(config.get(key, []))
+
+
+# --- Ray cluster launcher configs -------------------------------------------------
+
+@pytest.mark.parametrize("name", LAUNCHER_CONFIGS)
+def test_launcher_config_matches_rays_schema(name):
+    import ray.autoscaler
+    from ray.autoscaler._private.commands import prepare_config
+    from ray.autoscaler._private.util import validate_config
+
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    config = load(name)
+    jsonschema.validate(config, schema)              # the file as written
+    validate_config(prepare_config(copy.deepcopy(config)))   # as `ray up` fills and checks it
+
+
+@pytest.mark.parametrize("name", LAUNCHER_CONFIGS)
+def test_launcher_config_security_and_job_stop(name):
+    config = load(name)
+    head, worker = commands(config, "head_start_ray_commands"), commands(
+        config, "worker_start_ray_commands")
+    assert "RAY_AUTH_MODE=token" in head and "RAY_AUTH_MODE=token" in worker
+    assert "--dashboard-host=127.0.0.1" in head
+    assert "RAY_JOB_STOP_WAIT_TIME_S=60" in head
+    assert not re.search(r"(?<![\d.])0\.0\.0\.0(?![\d/])", (CLUSTER / name).read_text())
+    # The token reaches every node as ~/.ray/auth_token, copied from the user's machine.
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    assert "chmod 600 ~/.ray/auth_token" in commands(config, "setup_commands")
+
+
+def test_onprem_config_installs_the_project_on_private_addresses():
+    config = load("onprem.yaml")
+    provider = config["provider"]
+    assert provider["type"] == "local"
+    ips = [provider["head_ip"], *provider["worker_ips"]]
+    assert all(ipaddress.ip_address(ip).is_private for ip in ips)
+    assert len(set(ips)) == len(ips)
+    assert config["max_workers"] == len(provider["worker_ips"])
+    # The head advertises the head_ip given to the launcher.
+    assert f"--node-ip-address={provider['head_ip']}" in commands(config, "head_start_ray_commands")
+    assert config["file_mounts"]["~/themetune"] == "."
+    setup = commands(config, "setup_commands")
+    assert "pip install -q -e ~/themetune" in setup
+    assert "/mnt/shared" in setup                      # the NFS share for storage_path
+    for excluded in (".venv", "*.db", "mlruns"):
+        assert excluded in config["rsync_exclude"]
+
+
+def test_aws_config_autoscales_gpu_workers_privately():
+    config = load("aws-gpu.yaml")
+    provider = config["provider"]
+    assert provider["type"] == "aws" and provider["use_internal_ips"] is True
+    for rule in provider["security_group"]["IpPermissions"]:
+        for ip_range in rule["IpRanges"]:
+            assert ipaddress.ip_network(ip_range["CidrIp"]).is_private
+    types = config["available_node_types"]
+    assert types[config["head_node_type"]]["resources"] == {"CPU": 0}
+    gpu_types = [t for t in types.values() if t["resources"].get("GPU", 0) >= 1]
+    assert gpu_types
+    for t in gpu_types:
+        assert t["min_workers"] == 0 and t["max_workers"] >= 1     # scale from zero
+        assert t["resources"]["CPU"] >= 8 * t["resources"]["GPU"]  # 8 trials/GPU, 1 CPU each
+    assert "--gpus all" in config["docker"]["worker_run_options"]
+    assert config["docker"]["image"].endswith("themetune:latest")
+
+
+# --- KubeRay ----------------------------------------------------------------------
+
+def test_kuberay_raycluster():
+    docs = load_all("kuberay/raycluster.yaml")
+    cluster = docs["RayCluster"]
+    assert cluster["apiVersion"] == "ray.io/v1"
+    spec = cluster["spec"]
+    assert spec["authOptions"]["mode"] == "token" and spec["authOptions"]["secretName"]
+    assert tuple(map(int, spec["rayVersion"].split(".")[:2])) >= (2, 52)
+    head = spec["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"
+    head_container = head["template"]["spec"]["containers"][0]
+    head_env = {e["name"]: e.get("value") for e in head_container["env"]}
+    assert head_env["RAY_JOB_STOP_WAIT_TIME_S"] == "60"
+    # Secrets (the token, DATABASE_URL, MLFLOW_TRACKING_URI) come from k8s Secrets only.
+    assert head_container["envFrom"][0]["secretRef"]["name"] == "themetune-services"
+    assert not {"RAY_AUTH_TOKEN", "DATABASE_URL", "MLFLOW_TRACKING_URI"} & set(head_env)
+
+    pvc = docs["PersistentVolumeClaim"]
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    storage_path = load("config.gpu.yaml")["ray"]["storage_path"]
+
+    def mounts_shared(pod_spec, container) -> bool:
+        volumes = {v["name"]: v for v in pod_spec["volumes"]}
+        for m in container["volumeMounts"]:
+            claim = volumes[m["name"]].get("persistentVolumeClaim", {}).get("claimName")
+            if claim == pvc["metadata"]["name"] and storage_path.startswith(m["mountPath"] + "/"):
+                return True
+        return False
+
+    assert mounts_shared(head["template"]["spec"], head_container)
+    gpu_groups = [g for g in spec["workerGroupSpecs"]
+                  if g["template"]["spec"]["containers"][0]["resources"]["limits"].get(
+                      "nvidia.com/gpu")]
+    assert gpu_groups
+    for group in gpu_groups:
+        pod = group["template"]["spec"]
+        assert mounts_shared(pod, pod["containers"][0])
+        assert group["minReplicas"] == 0 and group["maxReplicas"] >= 1
+    assert spec["enableInTreeAutoscaling"] is True
+    policy = docs["NetworkPolicy"]
+    assert policy["spec"]["podSelector"]["matchLabels"] == {"ray.io/cluster": cluster["metadata"]["name"]}
+    assert "Service" not in docs                      # no LoadBalancer/NodePort exposure
+
+
+def test_kuberay_rayjob_runs_launch_py_on_the_cluster():
+    job = load_all("kuberay/rayjob.yaml")["RayJob"]
+    cluster = load_all("kuberay/raycluster.yaml")["RayCluster"]
+    spec = job["spec"]
+    assert spec["clusterSelector"] == {"ray.io/cluster": cluster["metadata"]["name"]}
+    entry = shlex.split(spec["entrypoint"])
+    assert entry[:3] == ["cd", "/app", "&&"] and entry[3:5] == ["python", "launch.py"]
+    theme = entry[entry.index("--theme-id") + 1]
+    study = entry[entry.index("--study-name") + 1]
+    config = entry[entry.index("--config") + 1]
+    assert (ROOT / config).is_file()
+    assert spec["jobId"].startswith(f"themetune-theme{theme}-{study}-")
+    runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])
+    assert runtime_env["env_vars"]["RAY_JOB_SUBMISSION_ID"] == spec["jobId"]
+    assert runtime_env["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"] == "60"
+    assert spec["metadata"] == {"theme_id": theme, "study_name": study}
+
+
+# --- Dockerfile (no Docker engine here: parsed and checked statically) -------------
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    text = (CLUSTER / "Dockerfile").read_text()
+    text = re.sub(r"\\\n", " ", text)                 # line continuations
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            op, _, args = line.partition(" ")
+            out.append((op.upper(), " ".join(args.split())))
+    return out
+
+
+def test_dockerfile_builds_a_node_image_with_the_project():
+    steps = dockerfile_instructions()
+    ops = [op for op, _ in steps]
+    assert ops[0] == "FROM" and steps[0][1].startswith("python:3.11")
+    known = {"FROM", "RUN", "COPY", "WORKDIR", "ENV", "ARG", "USER", "ENTRYPOINT", "CMD"}
+    assert set(ops) <= known, set(ops) - known
+    runs = " ".join(args for op, args in steps if op == "RUN")
+    assert "pip install --no-cache-dir ${TORCH_SPEC}" in runs and "pip install --no-cache-dir ." in runs
+    for needed in ("rsync", "openssh-client", "procps", "tini"):
+        assert needed in runs
+    copies = [args.split() for op, args in steps if op == "COPY"]
+    for *sources, _dest in copies:
+        for source in sources:
+            assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
+    copied = {s for *sources, _ in copies for s in sources}
+    assert {"pyproject.toml", "launch.py", "tuning", "data_access", "web", "configs"} <= copied
+    assert not any("auth_token" in s for s in copied)          # no token in the image
+    # Dependencies are installed before the code is copied (layer caching).
+    first_code = next(i for i, (op, a) in enumerate(steps) if op == "COPY" and "tuning" in a)
+    pip = next(i for i, (op, a) in enumerate(steps) if op == "RUN" and "pip install" in a)
+    assert pip < first_code
+    env = " ".join(args for op, args in steps if op == "ENV")
+    assert "RAY_AUTH_MODE=token" in env and "PYTHONPATH=/app" in env
+    assert "RAY_JOB_STOP_WAIT_TIME_S=60" in env
+    users = [args for op, args in steps if op == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    assert dict(steps)["WORKDIR"] == "/app"
+    assert "tini" in dict(steps)["ENTRYPOINT"]
+    arg = next(a for op, a in steps if op == "ARG" and a.startswith("TORCH_SPEC"))
+    make_spec = re.search(r"^TORCH_SPEC \?= (.+)$", (ROOT / "Makefile").read_text(), re.M)
+    assert make_spec and make_spec.group(1) in arg      # the same torch as `make install`
+
+
+# --- the job's runtime_env and the GPU config ---------------------------------------
+
+def test_runtime_env_is_valid_and_uploads_no_state():
+    from ray.runtime_env import RuntimeEnv
+
+    env = load("runtime_env.yaml")
+    RuntimeEnv(**env)                                   # Ray's own validation
+    for must in (".venv", ".git", "db.sqlite3", "mlflow.db", "mlruns", "mlartifacts",
+                 "media", ".cache", "ray_results"):
+        assert must in env["excludes"]
+    assert all(isinstance(v, str) for v in env["env_vars"].values())
+    assert int(env["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"]) >= 30
+    # Machine-specific values are added by cluster/submit.py, never fixed here.
+    for key in ("DATABASE_URL", "MLFLOW_TRACKING_URI", "RAY_AUTH_TOKEN"):
+        assert key not in env["env_vars"]
+
+
+def test_gpu_config_packs_small_trials_and_loads():
+    from tuning.config import ConfigFiles, Overrides, load_study_config
+
+    defaults = ConfigFiles.in_folder(ROOT / "configs")
+    files = ConfigFiles(optuna_params=defaults.optuna_params, params=defaults.params,
+                        config=CLUSTER / "config.gpu.yaml", augments=defaults.augments)
+    config = load_study_config(files, Overrides(theme_id=7))
+    infra = config.infra
+    assert infra.resources.gpu == 0.125 and infra.resources.cpu == 1
+    assert infra.ray.dashboard_host == "127.0.0.1"
+    assert Path(infra.ray.storage_path).is_absolute()     # a shared mount, not node-local
+    assert infra.max_concurrent_trials % int(1 / infra.resources.gpu) == 0
+
+
+# --- local.sh and submit.py ---------------------------------------------------------
+
+def test_local_sh_is_valid_bash_with_safe_defaults():
+    script = (CLUSTER / "local.sh").read_text()
+    subprocess.run(["bash", "-n", str(CLUSTER / "local.sh")], check=True)
+    help_text = subprocess.run([str(CLUSTER / "local.sh"), "--help"], capture_output=True,
+                               text=True, check=True).stdout
+    assert "up --workers" in help_text and "--net MODE" in help_text
+    assert 'echo "RAY_AUTH_MODE=token"' in script
+    assert "--dashboard-host 127.0.0.1" in script
+    assert "RAY_JOB_STOP_WAIT_TIME_S" in script
+    assert "0.0.0.0" not in script
+    # Ends only what it started: no broad kills, no machine-wide `ray stop`.
+    for broad in ("pkill", "killall", "ray stop", "kill 0", "kill -9 -1"):
+        assert broad not in script
+
+
+def test_submission_id_names_theme_and_study():
+    sys.path.insert(0, str(CLUSTER))
+    try:
+        import submit
+    finally:
+        sys.path.remove(str(CLUSTER))
+    import datetime as dt
+
+    at = dt.datetime(2026, 1, 2, 3, 4, 5)
+    assert submit.submission_id(7, "resnet study/v2", at) == \
+        "themetune-theme7-resnet-study-v2-20260102-030405"
+    assert submit._absolute_sqlite("sqlite:///mlflow.db") == f"sqlite:///{ROOT / 'mlflow.db'}"
+    assert submit._absolute_sqlite("sqlite:////abs/x.db") == "sqlite:////abs/x.db"
+    assert submit._absolute_sqlite("postgresql://h/db") == "postgresql://h/db"
+
+
+def test_submit_print_only_shows_the_full_command(tmp_path):
+    token = tmp_path / "token"
+    token.write_text("x" * 64)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
+    env.update(RAY_AUTH_TOKEN_PATH=str(token), DATABASE_URL="postgresql://db/themes",
+               RAY_ADDRESS="http://127.0.0.1:8265")
+    out = subprocess.run([sys.executable, str(CLUSTER / "submit.py"), "--theme-id", "7",
+                          "--print-only", "--", "--n-trials", "4"], env=env,
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    cmd = shlex.split(out.splitlines()[1])
+    assert cmd[1:3] == ["job", "submit"]
+    sid = cmd[cmd.index("--submission-id") + 1]
+    study = yaml.safe_load((ROOT / "configs/optuna_params.yaml").read_text())["study"]["name"]
+    assert sid.startswith(f"themetune-theme7-{study}-")
+    assert cmd[cmd.index("--working-dir") + 1] == str(ROOT)
+    runtime_env = json.loads(cmd[cmd.index("--runtime-env-json") + 1])
+    env_vars = runtime_env["env_vars"]
+    assert env_vars["DATABASE_URL"] == "postgresql://db/themes"
+    assert env_vars["MLFLOW_TRACKING_URI"] == f"sqlite:///{ROOT / 'mlflow.db'}"
+    assert env_vars["RAY_JOB_SUBMISSION_ID"] == sid
+    assert ".venv" in runtime_env["excludes"]
+    assert cmd[cmd.index("--") + 1:] == ["python", "launch.py", "--theme-id", "7",
+                                          "--n-trials", "4"]
+
+
+# --- tuning/cluster.py pieces that need no cluster ------------------------------------
+
+def test_storage_kinds():
+    from tuning.cluster import is_remote_storage, local_storage_path
+
+    for uri in ("s3://bucket/p", "gs://b/p", "abfs://c@a.dfs.core.windows.net/p", "hdfs://nn/p"):
+        assert is_remote_storage(uri)
+    for path in ("ray_results", "/mnt/shared/r", "file:///mnt/shared/r", "C:/x"):
+        assert not is_remote_storage(path)
+    assert local_storage_path("file:///mnt/shared/r") == Path("/mnt/shared/r")
+    assert local_storage_path("rel") == Path.cwd() / "rel"
+
+
+def test_job_submission_id_from_rays_job_config(monkeypatch):
+    from tuning.cluster import in_ray_job, job_submission_id
+
+    for var in ("RAY_JOB_SUBMISSION_ID", "RAY_JOB_ID", "RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        monkeypatch.delenv(var, raising=False)
+    assert job_submission_id() is None and not in_ray_job()
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(
+        {"runtime_env": {}, "metadata": {"job_submission_id": "raysubmit_abc"}}))
+    assert in_ray_job() and job_submission_id() == "raysubmit_abc"
+    monkeypatch.setenv("RAY_JOB_SUBMISSION_ID", "themetune-theme7-x-1")
+    assert job_submission_id() == "themetune-theme7-x-1"
