@@ -32,11 +32,17 @@ test: install browser
 mlflow: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5001
 
+# Each benchmark prints its table and, as its last line, one JSON object; a failing one
+# does not stop the others, but makes the target fail. packing skips without a GPU.
+BENCHES := loop data overhead time_to_accuracy packing
+
 bench: install
-	$(PY) -m bench.overhead
+	@status=0; for b in $(BENCHES); do echo "== bench.$$b"; \
+	  $(PY) -m bench.$$b || status=1; done; exit $$status
 
 bench-quick: install
-	$(PY) -m bench.overhead --quick
+	@status=0; for b in $(BENCHES); do echo "== bench.$$b --quick"; \
+	  $(PY) -m bench.$$b --quick || status=1; done; exit $$status
 
 clean:
 	rm -rf ray_results .cache/themetune

@@ -34,6 +34,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", type=Path, help="config.yaml")
     p.add_argument("--augments", type=Path, help="augments.yaml")
     p.add_argument("--max-concurrent-trials", type=int, help="trials running at once")
+    p.add_argument("--record-id", type=int,
+                   help="update this pending study record (the web UI makes one) instead "
+                        "of creating a new one")
+    p.add_argument("--resume", nargs="?", const="latest", metavar="EXPERIMENT_DIR",
+                   help="continue a study whose driver died or was stopped, from the Tune "
+                        "experiment folder it printed at start (default: the newest "
+                        "unfinished one under ray.storage_path); it runs with the configs, "
+                        "theme, storage and MLflow parent run it started with")
     p.add_argument("--dry-run", action="store_true",
                    help="validate configs, theme, data and resources; print the search "
                         "space; start neither Ray nor MLflow")
@@ -50,10 +58,10 @@ def load_theme(theme_id: int):
     return theme_get_spec(theme_id=theme_id)
 
 
-def make_recorder():
+def make_recorder(record_id: int | None):
     from data_access.recorder import DjangoStudyRecorder
 
-    return DjangoStudyRecorder()
+    return DjangoStudyRecorder(study_id=record_id) if record_id else DjangoStudyRecorder()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,10 +75,19 @@ def main(argv: list[str] | None = None) -> int:
                         config=args.config or defaults.config,
                         augments=args.augments or defaults.augments)
     try:
-        config = load_study_config(files, Overrides(
-            theme_id=args.theme_id, n_trials=args.n_trials, timeout=args.timeout,
-            max_concurrent_trials=args.max_concurrent_trials))
-        from tuning.cluster import check_resources
+        overrides = Overrides(theme_id=args.theme_id, n_trials=args.n_trials,
+                              timeout=args.timeout,
+                              max_concurrent_trials=args.max_concurrent_trials)
+        resume = None
+        if args.resume is not None:
+            from tuning import resume as resuming
+
+            resume = resuming.request(args.resume, args=args, files=files)
+            files, overrides = resume.config_files(), resume.study_overrides()
+            args.study_name, args.storage = resume.study_name, resume.storage_url
+            args.record_id = args.record_id or resume.record_id
+        config = load_study_config(files, overrides)
+        from tuning.cluster import check_resources, job_submission_id
         from tuning.study import prepare_study, run_study
 
         check_resources(config.infra, file=str(files.config))
@@ -80,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print_dry_run(plan)
             return 0
-        outcome = run_study(plan, recorder=make_recorder(),
-                            ray_job_id=os.environ.get("RAY_JOB_SUBMISSION_ID"))
+        outcome = run_study(plan, recorder=make_recorder(args.record_id),
+                            ray_job_id=job_submission_id(), resume=resume)
         print_outcome(plan, outcome)
         return 0
     except ThemetuneError as exc:

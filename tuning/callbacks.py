@@ -15,33 +15,53 @@ from typing import Any, Callable
 from ray import tune
 
 from tuning import mlflow_runs
-from tuning.ledger import COMPLETE, FAIL, KILLED, PRUNED, RUNNING, StudyLedger, TrialRecord
-from tuning.params import REPORTED_METRICS, is_final_result
+from tuning.ledger import (COMPLETE, FAIL, FINAL_STATES, KILLED, PRUNED, RUNNING, StudyLedger,
+                           TrialRecord)
+from tuning.params import EPOCH_METRICS, REPORTED_METRICS, is_final_result
 from tuning.progress import ProgressDisplay
 from tuning.recording import StudyRecorder, TrialEnd, TrialResult, TrialStart
 
 log = logging.getLogger("themetune")
 
 MLFLOW_STATUS = {COMPLETE: "FINISHED", PRUNED: "KILLED", FAIL: "FAILED", KILLED: "KILLED"}
+END_REASON = "themetune.end_reason"
+ORPHAN_REASON = ("started after the last state snapshot of a driver that died: the resumed "
+                 "study could not continue this run (its trial runs again in a new one, or "
+                 "not at all)")
 
 
 class StudyCallback(tune.Callback):
     def __init__(self, *, ledger: StudyLedger, mlflow_study: mlflow_runs.MlflowStudy,
                  trial_number: Callable[[str], int], recorder: StudyRecorder,
-                 progress: ProgressDisplay, log_model: Callable[[TrialRecord], None] | None):
+                 progress: ProgressDisplay, log_model: Callable[[TrialRecord], None] | None,
+                 searcher=None):
         self.ledger = ledger
+        self.searcher = searcher  # a StudySearch: told what a resume finds decided
         self.mlflow = mlflow_study
         self.trial_number = trial_number
         self.recorder = recorder
         self.progress = progress
         self.log_model = log_model  # None: models are logged after the study, if at all
+        # Ray trial ids whose child run a crash or stop ended: reopened when they resume.
+        self._reopen: set[str] = set()
 
     # -- Ray Tune hooks ---------------------------------------------------------------
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         record = self.ledger.get(trial.trial_id)
-        if record is not None:  # a retry after a failure: same trial, same child run
+        if record is not None:  # a retry, or a resumed trial: same trial, same child run
+            if record.state in FINAL_STATES:
+                # Its end reached MLflow after Tune's last snapshot: Tune re-runs its
+                # last epochs, but what is recorded stays as it was.
+                return
             record.state = RUNNING
+            if trial.trial_id in self._reopen:
+                self._reopen.discard(trial.trial_id)
+                mlflow_runs.reopen_run(self.mlflow.client, record.child_run_id)
+                self.recorder.trial_started(TrialStart(
+                    number=record.number, ray_trial_id=trial.trial_id, params=record.params,
+                    mlflow_run_id=record.child_run_id))
+            self.progress.update(self.ledger)
             return
         record = TrialRecord(ray_trial_id=trial.trial_id,
                              number=self.trial_number(trial.trial_id),
@@ -62,17 +82,25 @@ class StudyCallback(tune.Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         record = self.ledger.get(trial.trial_id)
-        if record is None:
+        if record is None or record.state in FINAL_STATES:
             return
         record.last_result = result
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
         metrics = {k: result[k] for k in REPORTED_METRICS if k in result}
         self.ledger.metrics_seen.update(metrics)
         client = self.mlflow.client
-        if record.node_id is None and result.get("node_id"):
+        tags = {}
+        if record.node_id != result.get("node_id") and result.get("node_id"):
             record.node_id = str(result["node_id"])
-            mlflow_runs.set_tags(client, record.child_run_id, {
-                "ray.node_id": record.node_id, "ray.node_ip": str(result.get("node_ip", ""))})
+            tags.update({"ray.node_id": record.node_id,
+                         "ray.node_ip": str(result.get("node_ip", ""))})
+        # The worker's pid changes when a retry or a resume moves the trial: it says
+        # which process to look at (or, in a test, to kill).
+        if result.get("pid") and result["pid"] != record.pid:
+            record.pid = int(result["pid"])
+            tags["ray.pid"] = str(record.pid)
+        if tags:
+            mlflow_runs.set_tags(client, record.child_run_id, tags)
         # A retried trial re-reports epochs after its checkpoint: log each step once.
         if epoch not in record.epochs_logged:
             record.epochs_logged.add(epoch)
@@ -85,6 +113,11 @@ class StudyCallback(tune.Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         record = self.ledger.get(trial.trial_id)
         if record is None:
+            return
+        if record.state in FINAL_STATES:
+            # Decided before a crash (see on_trial_start); only its checkpoint was missing.
+            if record.checkpoint_path is None and trial.checkpoint is not None:
+                record.checkpoint_path = trial.checkpoint.path
             return
         result = record.last_result
         if not is_final_result(result):
@@ -107,7 +140,7 @@ class StudyCallback(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         record = self.ledger.get(trial.trial_id)
-        if record is None:
+        if record is None or record.state in FINAL_STATES:
             return
         self._finish(record, FAIL, reason=_error_reason(trial))
 
@@ -120,12 +153,74 @@ class StudyCallback(tune.Callback):
         client = self.mlflow.client
         tags = {"optuna.trial_state": state}
         if reason:
-            tags["themetune.end_reason"] = reason
+            tags[END_REASON] = reason
         mlflow_runs.set_tags(client, record.child_run_id, tags)
         mlflow_runs.end_run(client, record.child_run_id, MLFLOW_STATUS[state])
         self.recorder.trial_finished(TrialEnd(number=record.number, state=state,
                                               value=record.value, error=reason))
         self.progress.update(self.ledger, force=True)
+
+    # -- Tune's experiment snapshots: the ledger survives a driver crash ----------------
+
+    def get_state(self) -> dict[str, Any]:
+        return {"ledger": self.ledger.to_state()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.ledger.load_state(state["ledger"])
+        self._reconcile()
+
+    def _reconcile(self) -> None:
+        """After Tune restored a snapshot: take in what MLflow recorded between that
+        snapshot and the crash, so that nothing is logged twice or lost."""
+        client = self.mlflow.client
+        by_run = {r.child_run_id: r for r in self.ledger.trials.values()}
+        orphans = []
+        for run in mlflow_runs.child_runs(self.mlflow):
+            record = by_run.get(run.info.run_id)
+            if record is None:
+                orphans.append(run)
+            elif record.state == RUNNING:
+                self._reconcile_record(record, run)
+        numbers = []
+        for run in orphans:
+            # Started after the snapshot: Tune restarts its trial (under this number if
+            # the searcher knew it) or never runs it. Its partial epochs would only
+            # duplicate or contradict the trial's run: kept, FAILED and deleted (MLflow
+            # can restore deleted runs), so each trial has one live child run.
+            mlflow_runs.set_tags(client, run.info.run_id, {END_REASON: ORPHAN_REASON,
+                                                           "optuna.trial_state": FAIL})
+            mlflow_runs.end_run(client, run.info.run_id, "FAILED")
+            client.delete_run(run.info.run_id)
+            number = run.data.tags.get("optuna.trial_number", "")
+            if number.isdigit():
+                numbers.append(int(number))
+                self.recorder.trial_finished(TrialEnd(number=int(number), state=FAIL,
+                                                      value=None, error=ORPHAN_REASON))
+        if self.searcher is not None:
+            self.searcher.reserve_numbers(numbers)
+        log.info("Resumed: %d trials in the ledger, %d orphan child runs deleted.",
+                 len(self.ledger.trials), len(orphans))
+
+    def _reconcile_record(self, record: TrialRecord, run) -> None:
+        client = self.mlflow.client
+        record.epochs_logged |= mlflow_runs.logged_steps(client, run.info.run_id, EPOCH_METRICS)
+        state = run.data.tags.get("optuna.trial_state")
+        if run.info.status == "RUNNING":
+            return
+        if state not in FINAL_STATES:
+            self._reopen.add(record.ray_trial_id)  # stopped or killed: it will resume
+            return
+        record.state = state
+        record.error = run.data.tags.get(END_REASON)
+        record.value = run.data.metrics.get(self.ledger.metric) if state == COMPLETE else None
+        record.ended = (run.info.end_time or time.time() * 1000) / 1000
+        if state == COMPLETE:
+            record.model_uri = mlflow_runs.logged_model_uri(client, self.mlflow.experiment_id,
+                                                            run.info.run_id)
+        if self.searcher is not None:
+            self.searcher.decide(record.ray_trial_id, state, record.value)
+        self.recorder.trial_finished(TrialEnd(number=record.number, state=state,
+                                              value=record.value, error=record.error))
 
     def close_open_trials(self, state: str = KILLED, reason: str = "study stopped") -> None:
         """At the end of a stopped study: trials still running end KILLED, not RUNNING."""
@@ -136,7 +231,11 @@ class StudyCallback(tune.Callback):
 def _error_reason(trial) -> str:
     text = None
     try:
-        text = trial.get_error()
+        # Tune writes the trace to the trial's local folder first and syncs it to the
+        # storage path later: get_error() (storage) may not see it yet.
+        local = trial.error_file
+        text = Path(local).read_text(errors="replace") if local and Path(local).is_file() \
+            else trial.get_error()
     except (OSError, ValueError):
         text = None
     if not text:

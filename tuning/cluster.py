@@ -1,9 +1,13 @@
-"""Connecting the driver to Ray: a local one-node cluster, or an existing cluster."""
+"""Connecting the driver to Ray: a local one-node cluster, or an existing cluster;
+and checking that a multi-node cluster can use the Tune storage path."""
 
 from __future__ import annotations
 
+import json
 import os
+import uuid
 from pathlib import Path
+from urllib.parse import urlparse
 
 from tuning.infra import RaySection
 
@@ -20,16 +24,46 @@ def ensure_ray(section: RaySection) -> None:
     if address:
         # Inside a Ray job the job's working_dir already carries the code; a driver
         # that joins a cluster by itself ships the tuning package to the workers.
-        in_job = bool(os.environ.get("RAY_JOB_SUBMISSION_ID") or os.environ.get("RAY_JOB_ID"))
-        runtime_env = None if in_job else {"py_modules": [str(PACKAGE_DIR)]}
+        runtime_env = None if in_ray_job() else {"py_modules": [str(PACKAGE_DIR)]}
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
         return
     # Local workers start in Ray's session folder: point them at this checkout.
     pythonpath = os.pathsep.join(p for p in (str(PACKAGE_DIR.parent),
                                              os.environ.get("PYTHONPATH")) if p)
-    ray.init(num_cpus=section.num_cpus, num_gpus=section.num_gpus,
+    # address="local" always starts a new cluster: a stale /tmp/ray/ray_current_cluster
+    # left by a crashed one would otherwise be joined and fail.
+    ray.init(address="local", num_cpus=section.num_cpus, num_gpus=section.num_gpus,
              include_dashboard=True, dashboard_host=section.dashboard_host,
              runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, log_to_driver=False)
+
+
+# Set by Ray's job supervisor in the environment of a job's entrypoint (Ray 2.60 sets no
+# RAY_JOB_SUBMISSION_ID there): the job's runtime_env and metadata, as JSON.
+_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def in_ray_job() -> bool:
+    """True when this process is the entrypoint of a `ray job submit` job."""
+    return any(os.environ.get(v) for v in (_JOB_CONFIG_ENV, "RAY_JOB_SUBMISSION_ID",
+                                           "RAY_JOB_ID"))
+
+
+def job_submission_id() -> str | None:
+    """The submission id of the Ray job this process is the entrypoint of, e.g.
+    themetune-theme7-tiny-20250101-120000 (cluster/submit.py), else None.
+
+    RAY_JOB_SUBMISSION_ID wins (cluster/submit.py sets it); otherwise Ray's job
+    supervisor passes the id in the job config's metadata."""
+    if os.environ.get("RAY_JOB_SUBMISSION_ID"):
+        return os.environ["RAY_JOB_SUBMISSION_ID"]
+    raw = os.environ.get(_JOB_CONFIG_ENV)
+    if not raw:
+        return None
+    try:
+        metadata = json.loads(raw).get("metadata") or {}
+    except (ValueError, AttributeError):
+        return None   # not JSON we know: no id rather than a crash of the study
+    return metadata.get("job_submission_id") or None
 
 
 def check_resources(infra, *, file: str = "config.yaml") -> None:
@@ -55,3 +89,117 @@ def _local_gpus() -> int:
     import torch
 
     return torch.cuda.device_count()
+
+
+# How long the storage probe waits for every node to answer. A node answers with a
+# zero-CPU task, so busy CPUs do not delay it; a node's first task starts a worker
+# process (a few seconds) and, inside a Ray job, unpacks the job's working_dir.
+STORAGE_PROBE_TIMEOUT_S = 120.0
+
+
+def is_remote_storage(storage_path: str) -> bool:
+    """s3://, gs://, abfs://, hdfs://...: storage that no node holds locally."""
+    scheme = urlparse(storage_path).scheme
+    return len(scheme) > 1 and scheme != "file"   # one letter: a Windows drive
+
+
+def local_storage_path(storage_path: str) -> Path:
+    """The folder that run_study gives Tune, resolved as it does (against the cwd)."""
+    if storage_path.startswith("file://"):
+        storage_path = urlparse(storage_path).path
+    return Path(storage_path).resolve()
+
+
+def check_storage_reachable(storage_path: str, *, file: str = "config.yaml",
+                            timeout_s: float = STORAGE_PROBE_TIMEOUT_S) -> None:
+    """On a cluster of more than one node, Tune's storage_path must be one storage that
+    every node reaches (ray#37177: Ray no longer syncs trial folders to the head).
+
+    A URI (s3://, gs://, ...) is taken as shared. For a local path, the driver writes a
+    marker file holding a random token there, and a zero-CPU task pinned to each alive
+    node must read that token back and create a file of its own beside it: a node that
+    cannot has a different disk at that path (e.g. a relative path, which resolves to
+    the driver's working directory, or /tmp), and trials placed there would write their
+    checkpoints where the driver never looks. Call after ensure_ray() and before
+    anything is recorded, so that a failure leaves nothing half-written. Raises
+    StorageError (exit 2) naming config.yaml's ray.storage_path and the fix.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from tuning.errors import StorageError
+
+    if is_remote_storage(storage_path):
+        return
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) <= 1:
+        return  # one node: every trial runs beside the driver
+    path = local_storage_path(storage_path)
+    fix = ("set ray.storage_path to a folder that every node mounts at the same path "
+           "(an NFS share, e.g. /mnt/shared/ray_results) or to cloud storage "
+           "(s3://bucket/prefix, gs://bucket/prefix).")
+    token = uuid.uuid4().hex
+    marker = path / f".themetune-storage-probe-{token}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        marker.write_text(token)
+    except OSError as exc:
+        raise StorageError(f"ray.storage_path {storage_path!r} ({path}) cannot be written "
+                           f"by the driver: {exc.strerror or exc}.", file=file,
+                           key="ray.storage_path", fix=fix) from None
+    probe = ray.remote(num_cpus=0, max_retries=0)(_probe_storage)
+    refs = {
+        probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            node_id=n["NodeID"], soft=False)).remote(str(marker), token): n
+        for n in nodes}
+    problems: list[str] = []
+    try:
+        ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+        for ref in ready:
+            node = refs[ref]
+            try:
+                problem = ray.get(ref)
+            except ray.exceptions.RayError as exc:
+                problem = f"the probe task failed ({type(exc).__name__})"
+            if problem:
+                problems.append(f"{node['NodeManagerAddress']}: {problem}")
+        for ref in pending:
+            ray.cancel(ref, force=True)
+            problems.append(f"{refs[ref]['NodeManagerAddress']}: no answer in {timeout_s:g} s")
+    finally:
+        for leftover in path.glob(f"{marker.name}*"):
+            leftover.unlink(missing_ok=True)
+    if problems:
+        where = (" (a relative path resolves against the driver's working directory, which "
+                 "inside a Ray job is the job's copy of working_dir on the head node)"
+                 if not Path(storage_path.removeprefix("file://")).is_absolute() else "")
+        raise StorageError(
+            f"ray.storage_path {storage_path!r} resolves to {path}, which is not shared by "
+            f"every node of this {len(nodes)}-node Ray cluster{where}; "
+            f"{len(problems)} node(s) cannot use it: {'; '.join(sorted(problems))}.",
+            file=file, key="ray.storage_path", fix=fix)
+    print(f"[themetune] storage path {path} is shared by all {len(nodes)} nodes", flush=True)
+
+
+def _probe_storage(marker: str, token: str) -> str | None:
+    """On one node: None if the driver's marker is there and a file can be added beside
+    it, else what went wrong."""
+    import socket
+
+    try:
+        with open(marker) as f:
+            seen = f.read()
+    except FileNotFoundError:
+        return "the driver's marker file is not there (a different disk at that path)"
+    except OSError as exc:
+        return f"cannot read the driver's marker file ({exc.strerror or exc})"
+    if seen != token:
+        return "the marker file there holds another token (a different disk at that path)"
+    mine = f"{marker}.{socket.gethostname()}-{os.getpid()}"
+    try:
+        with open(mine, "w") as f:
+            f.write(token)
+        os.unlink(mine)
+    except OSError as exc:
+        return f"cannot write there ({exc.strerror or exc})"
+    return None

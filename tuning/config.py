@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from tuning.config_errors import config_error_from_validation, read_yaml
+from tuning.config_errors import config_error_from_validation, printable, read_yaml
 from tuning.errors import ConfigError
 from tuning.infra import AugmentsConfig, InfraConfig
 from tuning.params import (REPORTED_METRICS, Strict, TrainingParams, deep_merge, has_dotted,
@@ -133,7 +133,7 @@ def _check_space_against_params(space: dict[str, ParamSpec], base: dict[str, Any
     for name, spec in space.items():
         if name not in known:
             raise ConfigError("is not a parameter the trainable uses.", file=file,
-                              key=f"params_to_tune.{name}",
+                              key=f"params_to_tune.{printable(name)}",
                               fix=f"use one of: {', '.join(known)}.")
         attr = "choices" if spec.type == "categorical" else "low/high"
         for value in spec.edge_values():

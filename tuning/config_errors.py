@@ -35,9 +35,16 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def printable(text: Any) -> str:
+    """`text` with control characters escaped: a key such as "a\\nb" (legal YAML) must
+    not break the one-line error message."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in str(text))
+
+
 def _dotted(loc: tuple[Any, ...]) -> str:
     # Pydantic puts union member names (e.g. "float") into loc; they are not keys.
-    return ".".join(str(part) for part in loc if not str(part).startswith("function-"))
+    return ".".join(printable(part) for part in loc if not str(part).startswith("function-"))
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from tuning.params import REPORTED_METRICS
 
 # Optuna's names for how a trial ended, used in MLflow tags, the DB and the display.
 COMPLETE, PRUNED, FAIL, KILLED, RUNNING = "COMPLETE", "PRUNED", "FAIL", "KILLED", "RUNNING"
+FINAL_STATES = (COMPLETE, PRUNED, FAIL)  # decided: a resumed study never changes these
+# What a snapshot keeps of a trial's last result (see _record_state).
+SNAPSHOT_KEYS = frozenset({"epoch", "training_iteration", *REPORTED_METRICS})
 
 
 @dataclass
@@ -21,6 +26,7 @@ class TrialRecord:
     state: str = RUNNING
     child_run_id: str | None = None
     node_id: str | None = None
+    pid: int | None = None        # the worker process now running it (changes on a retry)
     last_result: dict[str, Any] = field(default_factory=dict)
     epochs_logged: set[int] = field(default_factory=set)
     value: float | None = None
@@ -70,3 +76,28 @@ class StudyLedger:
 
     def open_trials(self) -> list[TrialRecord]:
         return [r for r in self.trials.values() if r.state == RUNNING]
+
+    # -- snapshots: Tune saves these with its experiment state, so that a resumed
+    # study knows each trial's Optuna number, child run and logged epochs.
+
+    def to_state(self) -> dict[str, Any]:
+        return {"trials": [_record_state(r) for r in self.trials.values()],
+                "started": self.started, "metrics_seen": sorted(self.metrics_seen)}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.trials = {}
+        for data in state["trials"]:
+            data = dict(data, epochs_logged=set(data["epochs_logged"]))
+            self.add(TrialRecord(**data))
+        self.started = state["started"]
+        self.metrics_seen = set(state["metrics_seen"])
+
+
+def _record_state(record: TrialRecord) -> dict[str, Any]:
+    data = asdict(record)
+    data["epochs_logged"] = sorted(record.epochs_logged)
+    # The last result is kept for its metrics only: Tune's auto-filled fields (config,
+    # hostnames, timings) would only grow every snapshot.
+    data["last_result"] = {k: v for k, v in record.last_result.items()
+                           if isinstance(v, (int, float, str, bool)) and k in SNAPSHOT_KEYS}
+    return data

@@ -7,19 +7,27 @@ fluent API is used only around log_model, which needs an active run.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import requests
 import yaml
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from tuning.errors import ThemetuneError
+
+log = logging.getLogger("themetune")
 
 PARENT_TAG = "mlflow.parentRunId"
 MODEL_ARTIFACT = "model"
@@ -33,9 +41,145 @@ def resolve_tracking_uri(configured: str) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or configured
 
 
+# -- an unreachable tracking server ------------------------------------------------------
+# A tracking server that restarts or drops off the network for a while must not fail a
+# study that has run for hours. Every MLflow call of the driver goes through call():
+# while the server cannot be reached it waits and tries again every RETRY_EVERY_S, for
+# up to THEMETUNE_MLFLOW_OUTAGE_S seconds (default 15 min) per outage. The driver (and
+# with it Tune's event loop) waits; trials pause at their next report, so nothing is
+# lost. MLflow's own retries back off exponentially up to 2 min apart (~4 min in all
+# with its defaults): shortened here, unless set by the user, so that the driver goes
+# on within seconds of the server's return.
+OUTAGE_ENV = "THEMETUNE_MLFLOW_OUTAGE_S"
+DEFAULT_OUTAGE_S = 900.0
+RETRY_EVERY_S = 2.0
+_MLFLOW_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+                          "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
+class TrackingUnreachableError(ThemetuneError):
+    """The MLflow tracking server does not answer when a study starts."""
+
+
+class TrackingLostError(ThemetuneError):
+    """The tracking server stayed unreachable longer than the outage budget mid-study:
+    the study stops, resumable once the server is back."""
+
+    exit_code = 1
+
+
+# Set once an outage outlasted its budget: later calls (closing runs on the way out)
+# try once instead of waiting out another budget each.
+_gave_up: TrackingLostError | None = None
+
+
+def outage_error() -> TrackingLostError | None:
+    """The error of an outage that outlasted its budget, while the server stays away."""
+    return _gave_up
+
+
+def outage_budget_s() -> float:
+    raw = os.environ.get(OUTAGE_ENV)
+    try:
+        return float(raw) if raw else DEFAULT_OUTAGE_S
+    except ValueError:
+        raise ThemetuneError(f"{OUTAGE_ENV} must be a number of seconds (got {raw!r}).",
+                             key=OUTAGE_ENV, fix="set it to e.g. 900, or unset it.") from None
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """True when the server could not be reached (refused, timed out, gave 5xx after
+    retries) rather than refusing the request itself."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                             requests.exceptions.RetryError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def call(fn, *args, **kwargs):
+    """fn(*args, **kwargs), waiting out an unreachable tracking server (see above)."""
+    global _gave_up
+    deadline = None
+    while True:
+        try:
+            result = fn(*args, **kwargs)
+        except (MlflowException, requests.exceptions.RequestException) as exc:
+            if not _unreachable(exc):
+                raise
+            now = time.monotonic()
+            if deadline is None:
+                budget = 0.0 if _gave_up is not None else outage_budget_s()
+                deadline = now + budget
+                if budget:
+                    log.warning("MLflow tracking server unreachable (%s); the study waits "
+                                "for it, up to %.0f s (%s).",
+                                str(exc).splitlines()[0][:200], budget, OUTAGE_ENV)
+            if now >= deadline:
+                _gave_up = TrackingLostError(
+                    f"the MLflow tracking server stayed unreachable for more than "
+                    f"{outage_budget_s():.0f} s ({str(exc).splitlines()[0][:200]}); "
+                    f"the study stopped.", key=OUTAGE_ENV,
+                    fix="once the server answers again, continue the study with the "
+                        "--resume command printed above (raise the budget for longer "
+                        "outages).")
+                raise _gave_up from exc
+            time.sleep(RETRY_EVERY_S)
+        else:
+            if deadline is not None:
+                log.warning("MLflow tracking server answers again; the study goes on.")
+            _gave_up = None
+            return result
+
+
+class RetryingClient:
+    """An MlflowClient whose every method goes through call()."""
+
+    def __init__(self, client: MlflowClient):
+        self._client = client
+
+    def __getattr__(self, name: str):
+        # Private and dunder names are not forwarded: unpickling looks some up before
+        # _client exists, which would recurse.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        attr = getattr(self._client, name)
+        return functools.partial(call, attr) if callable(attr) else attr
+
+
+def _client(tracking_uri: str) -> RetryingClient:
+    for name, value in _MLFLOW_RETRY_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    outage_budget_s()  # a malformed value fails now, not in the middle of an outage
+    check_reachable(tracking_uri)
+    return RetryingClient(MlflowClient(tracking_uri=tracking_uri))
+
+
+def check_reachable(tracking_uri: str) -> None:
+    """At start, an unreachable server is a setup mistake: say so at once, instead of
+    waiting out an outage that is not one."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    url = tracking_uri.rstrip("/") + "/health"
+    # TLS as MLflow's own client does it; any HTTP answer (even 401 or 404 behind a
+    # proxy) means a server is there: only a connection that fails is refused here.
+    insecure = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true"
+    verify = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or not insecure
+    try:
+        requests.get(url, timeout=10, verify=verify)
+    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+        raise TrackingUnreachableError(
+            f"MLflow tracking server {tracking_uri} does not answer ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200]}).", key="MLFLOW_TRACKING_URI",
+            fix="start the server (`mlflow server ...`) or point MLFLOW_TRACKING_URI / "
+                "mlflow.tracking_uri in config.yaml at a running one.") from None
+
+
 @dataclass
 class MlflowStudy:
-    client: MlflowClient
+    client: RetryingClient
     experiment_id: str
     parent_run_id: str
 
@@ -46,7 +190,7 @@ def open_study_runs(*, tracking_uri: str, experiment_name: str, run_name: str,
     # An exported MLFLOW_RUN_ID would make a fluent start_run resume that run instead
     # of the one we name (mlflow#15713); every run here is addressed by explicit id.
     os.environ.pop("MLFLOW_RUN_ID", None)
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = _client(tracking_uri)
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         experiment_id = client.create_experiment(experiment_name)
@@ -56,6 +200,58 @@ def open_study_runs(*, tracking_uri: str, experiment_name: str, run_name: str,
             client.restore_experiment(experiment_id)
     parent = client.create_run(experiment_id, run_name=run_name, tags=tags)
     return MlflowStudy(client, experiment_id, parent.info.run_id)
+
+
+def reopen_study_runs(*, tracking_uri: str, experiment_id: str, parent_run_id: str
+                      ) -> MlflowStudy:
+    """The parent run of a study being resumed, set back to RUNNING."""
+    mlflow.set_tracking_uri(tracking_uri)
+    os.environ.pop("MLFLOW_RUN_ID", None)  # see open_study_runs
+    client = _client(tracking_uri)
+    try:
+        parent = client.get_run(parent_run_id)
+    except MlflowException as exc:
+        from tuning.resume import ResumeError
+
+        raise ResumeError(f"MLflow parent run {parent_run_id} is not in {tracking_uri} "
+                          f"({exc.error_code}).", key="--resume",
+                          fix="resume with the MLflow store the study started with "
+                              "(MLFLOW_TRACKING_URI).") from None
+    if parent.info.lifecycle_stage == "deleted":
+        client.restore_run(parent_run_id)
+    reopen_run(client, parent_run_id)
+    return MlflowStudy(client, experiment_id, parent_run_id)
+
+
+def reopen_run(client: MlflowClient, run_id: str) -> None:
+    client.update_run(run_id, status="RUNNING")
+
+
+def child_runs(study: MlflowStudy) -> list:
+    """Every live child run of the study's parent run."""
+    runs, token = [], None
+    while True:
+        page = study.client.search_runs(
+            [study.experiment_id], max_results=1000, page_token=token,
+            filter_string=f"tags.`{PARENT_TAG}` = '{study.parent_run_id}'")
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def logged_steps(client: MlflowClient, run_id: str, keys: tuple[str, ...]) -> set[int]:
+    steps: set[int] = set()
+    for key in keys:
+        steps.update(m.step for m in client.get_metric_history(run_id, key))
+    return steps
+
+
+def logged_model_uri(client: MlflowClient, experiment_id: str, run_id: str) -> str | None:
+    """The URI of a model already logged to a run, if any (so that it is not logged twice)."""
+    models = client.search_logged_models([experiment_id],
+                                         filter_string=f"source_run_id = '{run_id}'")
+    return f"models:/{models[0].model_id}" if models else None
 
 
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
@@ -77,7 +273,7 @@ def set_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
 
 
 def log_text(client: MlflowClient, run_id: str, text: str, artifact_file: str) -> None:
-    client.log_text(run_id, text, artifact_file)
+    call(client.log_text, run_id, text, artifact_file)  # client may be a plain one
 
 
 def log_file(client: MlflowClient, run_id: str, path: Path, artifact_path: str) -> None:
@@ -91,6 +287,10 @@ def log_yaml(client: MlflowClient, run_id: str, data: Any, artifact_file: str) -
 
 def log_torch_model(run_id: str, model, *, name: str) -> str:
     """Log a model with the pytorch flavour; returns the model URI to register."""
+    return call(_log_torch_model, run_id, model, name=name)
+
+
+def _log_torch_model(run_id: str, model, *, name: str) -> str:
     import mlflow.pytorch
 
     # MLflow warns on every pickle-format save; the format is chosen on purpose above.
@@ -105,9 +305,8 @@ def log_torch_model(run_id: str, model, *, name: str) -> str:
 
 def register_best(client: MlflowClient, *, model_uri: str, model_name: str,
                   parent_run_id: str, best_run_id: str) -> str:
-    version = mlflow.register_model(model_uri, model_name, await_registration_for=60,
-                                    tags={"parent_run_id": parent_run_id,
-                                          "best_run_id": best_run_id})
+    version = call(mlflow.register_model, model_uri, model_name, await_registration_for=60,
+                   tags={"parent_run_id": parent_run_id, "best_run_id": best_run_id})
     return str(version.version)
 
 

@@ -18,9 +18,58 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from tuning.errors import StorageError
 from tuning.params import is_final_result
+from tuning.resume import absolute_url
+
+
+# Set on each Optuna trial this searcher asks for: after a driver crash, the RUNNING
+# trials carrying this study's parent run id, but unknown to the restored searcher,
+# were asked after Tune's last snapshot and will never be told: they are closed as FAIL.
+ORIGIN_ATTR = "themetune.parent_run_id"
 
 
 class StudySearch(OptunaSearch):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Both are kept in Tune's searcher snapshots (OptunaSearch pickles __dict__).
+        self.origin: str | None = None  # the parent run id, set by run_study (ORIGIN_ATTR)
+        # trial id -> (state, value) found already recorded when resuming (see decide).
+        self.decided: dict[str, tuple[str, float | None]] = {}
+
+    def suggest(self, trial_id: str) -> dict | None:
+        new = trial_id not in self._ot_trials
+        config = super().suggest(trial_id)
+        if new and self.origin and trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr(ORIGIN_ATTR, self.origin)
+        return config
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        self._close_orphans()
+
+    def decide(self, trial_id: str, state: str, value: float | None) -> None:
+        """A trial's outcome was recorded in MLflow after the snapshot Tune restored:
+        when the resumed trial re-runs its last epochs, Optuna is told this outcome,
+        so that Optuna and MLflow agree."""
+        self.decided[trial_id] = (state, value if state == "COMPLETE" else None)
+
+    def _close_orphans(self) -> None:
+        """Optuna trials asked after the snapshot Tune restored hold no Ray trial any more."""
+        if self.origin is None:
+            return
+        known = {t.number for t in self._ot_trials.values()}
+        for trial in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial.number not in known and trial.user_attrs.get(ORIGIN_ATTR) == self.origin:
+                self._ot_study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+
+    def reserve_numbers(self, numbers: list[int]) -> None:
+        """Make Optuna's next numbers come after `numbers` (trials of an in-memory study
+        lost with a crashed driver, whose child runs still carry these numbers), so that
+        no two trials of the study ever share a number."""
+        if not numbers:
+            return
+        while len(self._ot_study.trials) <= max(numbers):
+            self._ot_study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL))
+
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         # Intermediate values would only feed Optuna's pruner, which Ray replaces with
         # a no-op; early stopping is the Ray scheduler's job.
@@ -32,7 +81,10 @@ class StudySearch(OptunaSearch):
             return
         result = result or {}
         value = result.get(self.metric)
-        if error:
+        decided = self.decided.pop(trial_id, None)
+        if decided is not None:
+            state, value = TrialState[decided[0]], decided[1]
+        elif error:
             state, value = TrialState.FAIL, None
         elif not is_final_result(result):
             state, value = TrialState.PRUNED, None
@@ -40,7 +92,10 @@ class StudySearch(OptunaSearch):
             state, value = TrialState.FAIL, None
         else:
             state = TrialState.COMPLETE
-        self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
+        # skip_if_finished: after a resume, a trial told just before the crash (in a
+        # persistent storage) can complete a second time.
+        self._ot_study.tell(self._ot_trials[trial_id], value, state=state,
+                            skip_if_finished=True)
         self._completed_trials.add(trial_id)
 
     def trial_number(self, trial_id: str) -> int:
@@ -67,7 +122,9 @@ def open_storage(url: str | None) -> optuna.storages.BaseStorage | None:
     elif "://" not in url and url.endswith((".log", ".jsonl", ".journal")):
         journal_path = url
     if journal_path is not None:
-        path = Path(journal_path).expanduser()
+        # Absolute: Tune's snapshots pickle the storage, and a resumed driver may run
+        # from another working directory.
+        path = Path(journal_path).expanduser().resolve()
         if not path.parent.is_dir():
             raise StorageError(f"folder of the journal file does not exist: {path.parent}.",
                                key="--storage", fix="create the folder or use another path.")
@@ -78,7 +135,8 @@ def open_storage(url: str | None) -> optuna.storages.BaseStorage | None:
                            key="--storage",
                            fix="use e.g. sqlite:///optuna.db, postgresql://..., or journal:study.log.")
     try:
-        return optuna.storages.RDBStorage(url)
+        # Absolute for the same reason as the journal path above.
+        return optuna.storages.RDBStorage(absolute_url(url))
     except (ImportError, ValueError) as exc:
         raise StorageError(f"cannot open storage {url!r}: {exc}.", key="--storage",
                            fix="check the URL and that its database driver is installed.") from None

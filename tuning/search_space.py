@@ -12,7 +12,7 @@ from typing import Any, Literal, Union
 import optuna.distributions as od
 from pydantic import Field, ValidationError, model_validator
 
-from tuning.config_errors import config_error_from_validation
+from tuning.config_errors import config_error_from_validation, printable
 from tuning.errors import ConfigError
 from tuning.params import Strict
 
@@ -96,7 +96,7 @@ _BY_TYPE: dict[str, type[Strict]] = {"float": FloatParam, "int": IntParam,
 
 
 def parse_param(name: str, raw: Any, *, file: str) -> ParamSpec:
-    key = f"params_to_tune.{name}"
+    key = f"params_to_tune.{printable(name)}"
     if not isinstance(raw, dict):
         raise ConfigError(f"each parameter must be a mapping with `type` (got {raw!r}).",
                           file=file, key=key, fix="write e.g. `type: float`, `low`, `high`.")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 import optuna
 
 from tuning import mlflow_runs
+from tuning import resume as resume_files
 from tuning.augment import AugmentSettings
 from tuning.config import StudyConfig
 from tuning.data import PreparedData, PreprocessSettings, prepare_data
@@ -116,12 +119,17 @@ def _check_batch_sizes(config: StudyConfig, data: PreparedData) -> None:
 
 
 def prepare_study(config: StudyConfig, theme: ThemeSpec, *, study_name: str | None = None,
-                  storage_url: str | None = None, progress=print) -> StudyPlan:
+                  storage_url: str | None = None, progress=None) -> StudyPlan:
     _check_theme_fits(config, theme)
     data = prepare_data(theme, preprocess_settings(config.params),
-                        cache_dir=Path(config.infra.cache_dir), progress=progress)
+                        cache_dir=Path(config.infra.cache_dir),
+                        progress=progress or (lambda m: print(f"[themetune] {m}", flush=True)))
     _check_batch_sizes(config, data)
     name = study_name or config.study.name
+    # An MLflow server that is down at start is a setup mistake (exit 2 now); one
+    # that goes down mid-study is waited for (mlflow_runs.call).
+    mlflow_runs.check_reachable(mlflow_runs.resolve_tracking_uri(
+        config.infra.mlflow.tracking_uri))
     storage = open_storage(storage_url)
     distributions = to_distributions(config.space)
     stored = check_existing_study(storage, name, direction=config.study.direction,
@@ -151,15 +159,20 @@ def _parent_params(plan: StudyPlan) -> dict[str, Any]:
 
 
 def run_study(plan: StudyPlan, *, recorder: StudyRecorder | None = None,
-              progress: ProgressDisplay | None = None, ray_job_id: str | None = None
-              ) -> StudyOutcome:
+              progress: ProgressDisplay | None = None, ray_job_id: str | None = None,
+              trainable=None, resume: resume_files.ResumeInfo | None = None) -> StudyOutcome:
+    """Run the study; `trainable` replaces train_trial (benchmarks time the service
+    around a trial of fixed work with it). With `resume`, continue a study whose driver
+    died: its Tune experiment is restored and its MLflow parent run reopened."""
     # Imported here so that validating configs (and --dry-run) never pays for Ray.
     import ray
     from ray import tune
+    from ray.tune.error import TuneError
     from ray.tune.schedulers import ASHAScheduler
 
     from tuning.callbacks import StudyCallback
     from tuning.cluster import ensure_ray
+    from tuning.cluster import check_storage_reachable  # cluster: multi-node storage check
     from tuning.models_io import ModelLogger
     from tuning.trainable import TrialSettings, train_trial
 
@@ -167,23 +180,36 @@ def run_study(plan: StudyPlan, *, recorder: StudyRecorder | None = None,
     recorder = recorder or NullRecorder()
     progress = progress or ProgressDisplay()
     ensure_ray(config.infra.ray)
+    check_storage_reachable(config.infra.ray.storage_path, file=str(config.files.config))  # cluster
 
-    tracking_uri = mlflow_runs.resolve_tracking_uri(config.infra.mlflow.tracking_uri)
-    study_runs = mlflow_runs.open_study_runs(
-        tracking_uri=tracking_uri, experiment_name=plan.theme.name, run_name=config.run_name,
-        tags={"themetune.theme_id": str(plan.theme.id), "themetune.study_name": plan.study_name,
-              "themetune.role": "parent"})
+    if resume is None:
+        tracking_uri = mlflow_runs.resolve_tracking_uri(config.infra.mlflow.tracking_uri)
+        study_runs = mlflow_runs.open_study_runs(
+            tracking_uri=tracking_uri, experiment_name=plan.theme.name,
+            run_name=config.run_name,
+            tags={"themetune.theme_id": str(plan.theme.id),
+                  "themetune.study_name": plan.study_name, "themetune.role": "parent"})
+    else:
+        tracking_uri = resume.tracking_uri
+        study_runs = mlflow_runs.reopen_study_runs(
+            tracking_uri=tracking_uri, experiment_id=resume.experiment_id,
+            parent_run_id=resume.parent_run_id)
     client, parent_id = study_runs.client, study_runs.parent_run_id
     print(f"[themetune] MLflow experiment '{plan.theme.name}' (id {study_runs.experiment_id}), "
           f"parent run {parent_id} at {tracking_uri}", flush=True)
     ledger = StudyLedger(metric=config.study.metric, direction=config.study.direction,
                          n_trials=config.study.n_trials)
     callback: StudyCallback | None = None
+    experiment_path = resume.experiment_path if resume is not None else None
     try:
-        mlflow_runs.log_params(client, parent_id, _parent_params(plan))
-        for label, path in vars(config.files).items():
-            mlflow_runs.log_file(client, parent_id, Path(path), "configs")
-        mlflow_runs.log_yaml(client, parent_id, config.resolved(), "configs/resolved.yaml")
+        if resume is None:
+            mlflow_runs.log_params(client, parent_id, _parent_params(plan))
+            for label, path in vars(config.files).items():
+                mlflow_runs.log_file(client, parent_id, Path(path), "configs")
+            mlflow_runs.log_yaml(client, parent_id, config.resolved(), "configs/resolved.yaml")
+        else:
+            resume.resumes += 1
+            mlflow_runs.set_tags(client, parent_id, {"themetune.resumes": str(resume.resumes)})
         recorder.study_started(StudyStart(
             theme_id=plan.theme.id, name=config.run_name, direction=config.study.direction,
             metric=config.study.metric, n_trials=config.study.n_trials,
@@ -197,11 +223,12 @@ def run_study(plan: StudyPlan, *, recorder: StudyRecorder | None = None,
             mode="max" if config.study.direction == "maximize" else "min",
             sampler=optuna.samplers.TPESampler(seed=config.sampler_seed),
             study_name=plan.study_name, storage=plan.storage)
+        searcher.origin = parent_id
         models = ModelLogger(plan=plan)
         log_each = models.log_trial_model if config.infra.mlflow.log_models == "all" else None
         callback = StudyCallback(ledger=ledger, mlflow_study=study_runs,
                                  trial_number=searcher.trial_number, recorder=recorder,
-                                 progress=progress, log_model=log_each)
+                                 progress=progress, log_model=log_each, searcher=searcher)
         scheduler = None
         if config.infra.scheduler.type == "asha":
             s = config.infra.scheduler
@@ -219,46 +246,97 @@ def run_study(plan: StudyPlan, *, recorder: StudyRecorder | None = None,
                                  in_channels=config.params.data.channels,
                                  cpus=config.infra.resources.cpu)
         trainable = tune.with_resources(
-            tune.with_parameters(train_trial, data=plan.data, settings=settings),
+            tune.with_parameters(trainable or train_trial, data=plan.data, settings=settings),
             {"cpu": config.infra.resources.cpu, "gpu": config.infra.resources.gpu})
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=searcher, scheduler=scheduler, num_samples=config.study.n_trials,
-                max_concurrent_trials=config.infra.max_concurrent_trials,
-                time_budget_s=config.study.timeout, reuse_actors=False),
-            run_config=tune.RunConfig(
-                name=f"{plan.study_name}-{dt.datetime.now():%Y%m%d-%H%M%S}",
-                storage_path=str(Path(config.infra.ray.storage_path).resolve())
-                if "://" not in config.infra.ray.storage_path else config.infra.ray.storage_path,
-                callbacks=[callback], verbose=0,
-                checkpoint_config=tune.CheckpointConfig(
-                    num_to_keep=config.infra.checkpoint.num_to_keep),
-                failure_config=tune.FailureConfig(
-                    max_failures=config.infra.failure.max_failures)))
+        if resume is not None:
+            tuner = resume_files.restore_tuner(resume.experiment_path, trainable,
+                                               searcher=searcher, scheduler=scheduler,
+                                               callback=callback)
+            resume.record_id = getattr(recorder, "study_id", None) or resume.record_id
+            resume_files.update(resume)
+        else:
+            storage_path = config.infra.ray.storage_path
+            if "://" not in storage_path:
+                storage_path = str(Path(storage_path).resolve())
+            # The study name becomes a folder name: no "/" or spaces from --study-name.
+            safe_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", plan.study_name)[:80]
+            name = f"{safe_name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=searcher, scheduler=scheduler, num_samples=config.study.n_trials,
+                    max_concurrent_trials=config.infra.max_concurrent_trials,
+                    time_budget_s=config.study.timeout, reuse_actors=False),
+                run_config=tune.RunConfig(
+                    name=name, storage_path=storage_path, callbacks=[callback], verbose=0,
+                    checkpoint_config=tune.CheckpointConfig(
+                        num_to_keep=config.infra.checkpoint.num_to_keep),
+                    failure_config=tune.FailureConfig(
+                        max_failures=config.infra.failure.max_failures)))
+            experiment_path = f"{storage_path.rstrip('/')}/{name}"
+            resume_files.save(resume_files.ResumeInfo(
+                experiment_path=experiment_path, parent_run_id=parent_id,
+                experiment_id=study_runs.experiment_id,
+                tracking_uri=resume_files.absolute_url(tracking_uri),
+                study_name=plan.study_name, storage_url=plan.storage_url,
+                theme_id=plan.theme.id,
+                overrides={"n_trials": config.study.n_trials, "timeout": config.study.timeout,
+                           "max_concurrent_trials": config.infra.max_concurrent_trials},
+                record_id=getattr(recorder, "study_id", None)),
+                {name: Path(path) for name, path in vars(config.files).items()})
+        print(f"[themetune] Tune experiment {experiment_path}; if this driver dies, "
+              f"continue with: {resume_files.resume_command(experiment_path)}", flush=True)
         with StopRequest() as stop:
-            tuner.fit()
+            try:
+                tuner.fit()
+            except TuneError as exc:
+                # Tune hands on a callback's error as a TuneError holding only its text;
+                # an MLflow outage that outlasted its budget is told as what it is.
+                if mlflow_runs.outage_error() is not None:
+                    raise mlflow_runs.outage_error() from exc
+                raise
         if stop.requested:
             raise KeyboardInterrupt
         callback.close_open_trials(reason="study ended before the trial finished")
-        return _finish_study(plan, study_runs, ledger, models, recorder)
+        outcome = _finish_study(plan, study_runs, ledger, models, recorder)
+        resume_files.mark_finished(experiment_path)
+        return outcome
     except KeyboardInterrupt:
-        if callback is not None:
-            callback.close_open_trials(reason="study interrupted")
-        mlflow_runs.set_tags(client, parent_id, {"themetune.end_reason": "interrupted"})
-        mlflow_runs.end_run(client, parent_id, "KILLED")
+        _print_resume_hint(experiment_path, "interrupted")
+        _end_runs(callback, client, parent_id, "KILLED", "interrupted",
+                  trial_reason="study interrupted")
         recorder.study_finished(StudyEnd(status="killed", best_value=None, best_params=None,
                                          best_trial_number=None, error="interrupted"))
         raise
     except BaseException as exc:
-        if callback is not None:
-            callback.close_open_trials(reason="study failed")
+        if not isinstance(exc, ThemetuneError) or isinstance(exc, mlflow_runs.TrackingLostError):
+            _print_resume_hint(experiment_path, "stopped by an error")
         reason = exc.one_line() if isinstance(exc, ThemetuneError) else repr(exc)
-        mlflow_runs.set_tags(client, parent_id, {"themetune.end_reason": reason[:5000]})
-        mlflow_runs.end_run(client, parent_id, "FAILED")
+        _end_runs(callback, client, parent_id, "FAILED", reason, trial_reason="study failed")
         recorder.study_finished(StudyEnd(status="failed", best_value=None, best_params=None,
                                          best_trial_number=None, error=reason))
         raise
+
+
+def _end_runs(callback, client, parent_id: str, status: str, reason: str, *,
+              trial_reason: str) -> None:
+    """Open child runs KILLED, the parent `status` with the reason as a tag."""
+    try:
+        if callback is not None:
+            callback.close_open_trials(reason=trial_reason)
+        mlflow_runs.set_tags(client, parent_id, {"themetune.end_reason": reason[:5000]})
+        mlflow_runs.end_run(client, parent_id, status)
+    except mlflow_runs.TrackingLostError as lost:
+        # MLflow is gone: its runs stay RUNNING, which is what --resume expects to find;
+        # the study's own error is the one to raise, and the DB still hears of the end.
+        print(f"[themetune] could not close the MLflow runs: {lost.message}",
+              file=sys.stderr, flush=True)
+
+
+def _print_resume_hint(experiment_path: str | None, what: str) -> None:
+    if experiment_path is not None:
+        print(f"[themetune] study {what}; continue it with: "
+              f"{resume_files.resume_command(experiment_path)}", file=sys.stderr, flush=True)
 
 
 def _finish_study(plan: StudyPlan, study_runs: mlflow_runs.MlflowStudy, ledger: StudyLedger,

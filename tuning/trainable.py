@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,32 +53,71 @@ def pick_device() -> torch.device:
 
 def make_optimizer(params: TrainingParams, model: torch.nn.Module) -> torch.optim.Optimizer:
     t = params.training
+    # Fused kernels update every parameter in one pass instead of a loop over ~60 tensors.
+    # Measured for ResNet18 on one CPU thread (bench.loop): Adam's step 67 -> 17 ms,
+    # SGD's 28 -> 12 ms, about 20% more training images/s; CUDA has them too. The same
+    # update rule, so results differ from the unfused ones only by float rounding.
+    fused = _fused_supported(model) or None
     if t.optimizer == "SGD":
         return torch.optim.SGD(model.parameters(), lr=t.learning_rate, momentum=t.momentum,
-                               weight_decay=t.weight_decay)
+                               weight_decay=t.weight_decay, fused=fused)
     if t.optimizer == "AdamW":
         return torch.optim.AdamW(model.parameters(), lr=t.learning_rate,
-                                 weight_decay=t.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
+                                 weight_decay=t.weight_decay, fused=fused)
+    return torch.optim.Adam(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay,
+                            fused=fused)
+
+
+def _fused_supported(model: torch.nn.Module) -> bool:
+    """Fused optimizers need floating-point parameters on a device that has the kernels."""
+    return all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
+               for p in model.parameters())
 
 
 class DeviceSplit:
     """One split as uint8 on the device, normalized per batch (4x less memory than float)."""
 
     def __init__(self, split: Split, device: torch.device):
-        # Arrays from the object store are read-only; torch wants writable memory.
-        self.images = torch.from_numpy(np.array(split.images, copy=True)).to(device)
-        self.labels = torch.from_numpy(np.array(split.labels, copy=True)).to(device)
+        self.images = _on_device(split.images, device)
+        self.labels = _on_device(split.labels, device)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
 
+def _on_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    if device.type == "cpu":
+        # Arrays from the object store are read-only shared memory that every trial on
+        # the node maps; the trial gets its own writable copy.
+        return torch.from_numpy(np.array(array, copy=True))
+    # To a GPU the transfer is the copy: a host copy first would only cost time and, with
+    # k trials sharing a GPU, k extra copies of the theme in host memory.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array).to(device)
+
+
 def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std of the training images, shaped for broadcasting."""
-    x = images.float().div_(255)
-    mean = x.mean(dim=(0, 2, 3), keepdim=True)
-    std = x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-3)
+    """Per-channel mean and (sample) std of uint8 training images in [0, 1], shaped
+    (1, C, 1, 1) for broadcasting.
+
+    From a 256-bin histogram per channel rather than a float copy of the split: the copy
+    is 4x the split's memory (a large theme would not fit next to it on a GPU) and cost
+    0.9 s of a trial's start at 14,000 32 px RGB images on one CPU thread, the histogram
+    0.07 s (bench.data). Sums in float64, so the values match the float32 mean/std.
+    """
+    channels = images.shape[1]
+    count = images.numel() // max(channels, 1)
+    levels = torch.arange(256, dtype=torch.float64, device=images.device) / 255
+    means, stds = [], []
+    for c in range(channels):
+        hist = torch.bincount(images[:, c].reshape(-1), minlength=256).to(torch.float64)
+        mean = (hist * levels).sum() / max(count, 1)
+        var = (hist * (levels - mean) ** 2).sum() / max(count - 1, 1)
+        means.append(mean)
+        stds.append(var.sqrt())
+    mean = torch.stack(means).to(torch.float32).reshape(1, channels, 1, 1)
+    std = torch.stack(stds).to(torch.float32).reshape(1, channels, 1, 1).clamp_min(1e-3)
     return mean, std
 
 

@@ -1,0 +1,131 @@
+"""The MLflow tracking server goes away for a minute mid-study, then comes back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import tiny_config_files
+from tests.reliability.reliability_helpers import free_port, run_launch
+from tuning.config import ConfigFiles, Overrides, load_study_config
+from tuning.progress import ProgressDisplay
+from tuning.study import prepare_study, run_study
+
+pytestmark = pytest.mark.ray
+
+OUTAGE_S = 60
+
+
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1, SQLite behind it, serving artifacts."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 180) -> None:
+        mlflow_bin = Path(sys.executable).parent / "mlflow"
+        log = open(self.folder / "server.log", "a")
+        # Its own session, so that stop() ends the server and its workers, nothing else.
+        self.proc = subprocess.Popen(
+            [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(self.port),
+             "--workers", "1", "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
+             "--artifacts-destination", str(self.folder / "artifacts")],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                if requests.get(f"{self.uri}/health", timeout=2).ok:
+                    return
+            except requests.exceptions.RequestException:
+                time.sleep(0.5)
+        raise AssertionError("mlflow server did not start:\n"
+                             + (self.folder / "server.log").read_text()[-3000:])
+
+    def stop(self) -> None:
+        """As if the machine went away: SIGKILL to the server's process group."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    server = MlflowServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_reliability_mlflow_server_down_for_a_minute(ray_local, mlflow_server, tmp_path,
+                                                    monkeypatch, digits_theme):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+    monkeypatch.chdir(tmp_path)
+    epochs, n_trials = 4, 2
+    folder = tiny_config_files(tmp_path / "configs", n_trials=n_trials, epochs=epochs)
+    client = MlflowClient(mlflow_server.uri)
+    outage: dict[str, float] = {}
+
+    def outage_after_first_epoch():
+        deadline = time.time() + 400
+        while time.time() < deadline:
+            time.sleep(0.5)
+            runs = [r for e in client.search_experiments()
+                    for r in client.search_runs([e.experiment_id],
+                                                filter_string="tags.`ray.pid` != ''")]
+            if any(client.get_metric_history(r.info.run_id, "valid_loss") for r in runs):
+                break
+        mlflow_server.stop()
+        outage["down"] = time.time()
+        time.sleep(OUTAGE_S)
+        mlflow_server.start()
+        outage["up"] = time.time()
+
+    thread = threading.Thread(target=outage_after_first_epoch, daemon=True)
+    thread.start()
+    config = load_study_config(ConfigFiles.in_folder(folder), Overrides(theme_id=digits_theme.id))
+    outcome = run_study(prepare_study(config, digits_theme),
+                        progress=ProgressDisplay(min_interval_s=0))
+    finished = time.time()
+    thread.join(timeout=300)
+    assert outage.get("up"), "the outage never happened"
+    assert finished > outage["up"], "the study ended before the server came back"
+
+    assert outcome.status == "completed" and outcome.counts["COMPLETE"] == n_trials
+    parent = client.get_run(outcome.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    children = client.search_runs(
+        [outcome.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{outcome.parent_run_id}'")
+    assert len(children) == n_trials
+    for child in children:
+        assert child.info.status == "FINISHED"
+        for name in ("train_loss", "valid_loss", "valid_acc"):
+            steps = [m.step for m in client.get_metric_history(child.info.run_id, name)]
+            assert steps == list(range(1, epochs + 1)), (child.info.run_name, name, steps)
+        assert {"test_acc", "test_loss"} <= set(child.data.metrics)
+    assert client.get_model_version(f"{digits_theme.name}_model", outcome.model_version)
+
+
+def test_reliability_mlflow_server_down_at_start_exits_2(site, tmp_path):
+    configs = tiny_config_files(tmp_path / "configs")
+    env = {**site["env"], "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
+    result = run_launch(env, tmp_path, "--theme-id", site["theme_id"], "--configs", configs)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
+    assert "does not answer" in lines[0] and "MLFLOW_TRACKING_URI" in lines[0]
+    assert not (tmp_path / "configs" / "ray_results").exists()   # nothing was started

@@ -1,0 +1,111 @@
+"""Faults inside trials, caused for real: a diverging loss, a killed worker process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import tiny_config_files
+from tuning.config import ConfigFiles, Overrides, load_study_config
+from tuning.progress import ProgressDisplay
+from tuning.study import prepare_study, run_study
+
+pytestmark = pytest.mark.ray
+
+DIVERGING_LR = 1e6
+
+
+def _run(folder: Path, theme, **kwargs):
+    config = load_study_config(ConfigFiles.in_folder(folder), Overrides(theme_id=theme.id))
+    plan = prepare_study(config, theme, **kwargs)
+    return run_study(plan, progress=ProgressDisplay(min_interval_s=0))
+
+
+def _children(client: MlflowClient, outcome):
+    return client.search_runs(
+        [outcome.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{outcome.parent_run_id}'")
+
+
+def test_reliability_diverging_trial_fails_and_study_goes_on(ray_local, mlflow_uri, tmp_path,
+                                                            digits_theme):
+    # SGD at this learning rate overflows in the first epoch: the trainable raises
+    # NonFiniteLossError. study.seed 0 makes TPE's first two picks [1e6, 0.001].
+    folder = tiny_config_files(
+        tmp_path / "configs", n_trials=2, epochs=2, study={"seed": 0},
+        space={"training.learning_rate": {"type": "categorical",
+                                          "choices": [0.001, DIVERGING_LR]}},
+        base={"model": {"name": "ResNet18"},
+              "training": {"num_epochs": 2, "batch_size": 16, "optimizer": "SGD"},
+              "data": {"split_ratio": {"train": 0.6, "valid": 0.2, "test": 0.2}, "seed": 3}})
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    outcome = _run(folder, digits_theme, storage_url=url, study_name="nan")
+    client = MlflowClient(mlflow_uri)
+    children = {c.data.tags["optuna.trial_number"]: c for c in _children(client, outcome)}
+    study = optuna.load_study(study_name="nan", storage=url)
+    assert len(children) == 2 and len(study.trials) == 2
+    lrs = {t.params["training.learning_rate"] for t in study.trials}
+    assert lrs == {0.001, DIVERGING_LR}, "the seed no longer picks both choices"
+    for trial in study.trials:
+        child = children[str(trial.number)]
+        if trial.params["training.learning_rate"] == DIVERGING_LR:
+            assert trial.state.name == "FAIL"
+            assert child.info.status == "FAILED"
+            assert child.data.tags["optuna.trial_state"] == "FAIL"
+            reason = child.data.tags["themetune.end_reason"]
+            assert "NonFiniteLossError" in reason and "learning_rate" in reason, reason
+        else:
+            assert trial.state.name == "COMPLETE"
+            assert child.info.status == "FINISHED"
+            assert outcome.best_number == trial.number
+    assert outcome.status == "completed"
+    assert outcome.counts["FAIL"] == 1 and outcome.counts["COMPLETE"] == 1
+
+
+def test_reliability_killed_worker_retries_into_the_same_child_run(ray_local, mlflow_uri,
+                                                                   tmp_path, digits_theme):
+    epochs = 6
+    folder = tiny_config_files(
+        tmp_path / "configs", n_trials=1, epochs=epochs,
+        infra={"ray": {"storage_path": str(tmp_path / "rr")}, "failure": {"max_failures": 1},
+               "mlflow": {"log_models": "none"}, "cache_dir": str(tmp_path / "cache")})
+    client = MlflowClient(mlflow_uri)
+    killed: dict[str, int] = {}
+
+    def kill_worker_after_first_epoch():
+        # Find the trial's worker through its child run (tag ray.pid, set from the
+        # trial's results), and SIGKILL it once an epoch (and its checkpoint) is in.
+        deadline = time.time() + 400
+        while time.time() < deadline and not killed:
+            time.sleep(0.5)
+            for experiment in client.search_experiments():
+                for run in client.search_runs([experiment.experiment_id],
+                                              filter_string="tags.`ray.pid` != ''"):
+                    steps = client.get_metric_history(run.info.run_id, "valid_loss")
+                    if steps and run.info.status == "RUNNING":
+                        killed["pid"] = int(run.data.tags["ray.pid"])
+                        killed["after_epoch"] = max(m.step for m in steps)
+                        os.kill(killed["pid"], signal.SIGKILL)
+                        return
+
+    killer = threading.Thread(target=kill_worker_after_first_epoch, daemon=True)
+    killer.start()
+    outcome = _run(folder, digits_theme)
+    killer.join(timeout=5)
+    assert killed, "the worker was never killed"
+    assert killed["after_epoch"] < epochs, "the trial ended before the kill; nothing tested"
+
+    (child,) = _children(client, outcome)
+    assert child.info.status == "FINISHED"
+    assert int(child.data.tags["ray.pid"]) != killed["pid"]   # the retry ran elsewhere
+    for name in ("train_loss", "valid_loss", "valid_acc"):
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, name)]
+        assert steps == list(range(1, epochs + 1)), (name, steps)
+    assert outcome.counts["COMPLETE"] == 1

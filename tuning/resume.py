@@ -1,0 +1,268 @@
+"""What `launch.py --resume` needs to continue a study after its driver died.
+
+When a study starts, a small JSON file and a copy of the four config files go into
+Tune's experiment folder, next to Tune's own state (tuner.pkl, experiment_state-*.json,
+searcher and callback snapshots). Resuming reads them back: the same configs, theme,
+Optuna study and storage, and the same MLflow parent run, then continues through
+`Tuner.restore`. Keeping them in the experiment folder means that whatever reaches
+Tune's storage (a local folder, NFS, s3://) carries everything a resume needs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shlex
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuning.errors import ThemetuneError
+
+RESUME_FILE = "themetune_resume.json"
+CONFIG_COPY = "themetune_configs"
+FORMAT_VERSION = 1
+CONFIG_NAMES = ("optuna_params", "params", "config", "augments")
+
+
+class ResumeError(ThemetuneError):
+    """`--resume` names no resumable study, or asks to change what it ran with."""
+
+
+@dataclass
+class ResumeInfo:
+    experiment_path: str          # Tune's experiment folder (local path or URI)
+    parent_run_id: str
+    experiment_id: str
+    tracking_uri: str
+    study_name: str
+    storage_url: str | None       # as the user gave it; None = in memory
+    theme_id: int
+    overrides: dict[str, Any]     # CLI overrides the study started with
+    record_id: int | None = None  # the study's row in the Django DB, once written
+    started_at: str = field(default_factory=lambda: dt.datetime.now().isoformat())
+    finished: bool = False
+    resumes: int = 0
+    version: int = FORMAT_VERSION
+
+    def config_folder(self) -> Path:
+        """The config copies, as local files (downloaded first from s3:// and the like)."""
+        if not _is_uri(self.experiment_path):
+            return Path(self.experiment_path) / CONFIG_COPY
+        local = Path(tempfile.mkdtemp(prefix="themetune-resume-"))
+        for name in CONFIG_NAMES:
+            (local / f"{name}.yaml").write_bytes(
+                _read(f"{self.experiment_path}/{CONFIG_COPY}/{name}.yaml"))
+        return local
+
+    def command(self) -> str:
+        return resume_command(self.experiment_path)
+
+    def config_files(self):
+        from tuning.config import ConfigFiles
+
+        return ConfigFiles.in_folder(self.config_folder())
+
+    def study_overrides(self):
+        from tuning.config import Overrides
+
+        return Overrides(theme_id=self.theme_id, **self.overrides)
+
+
+def resume_command(experiment_path: str) -> str:
+    return f"python launch.py --resume {shlex.quote(str(experiment_path))}"
+
+
+def absolute_url(url: str | None) -> str | None:
+    """sqlite:///relative.db -> sqlite:////abs/relative.db, so that a resume (or a
+    restored pickle) finds the same file from any working directory."""
+    if url is None or not url.startswith("sqlite:///"):
+        return url
+    path = url[len("sqlite:///"):]
+    if not path or path.startswith("/") or path.startswith(":memory:"):
+        return url
+    return "sqlite:///" + str(Path(path).resolve())
+
+
+# Tune's storage may be a local or NFS folder or a URI (s3://, gs://): the files go
+# through pyarrow's filesystems, as Tune's own do.
+
+def _is_uri(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def _fs(path: str):
+    import pyarrow.fs
+
+    if _is_uri(path):
+        return pyarrow.fs.FileSystem.from_uri(path)
+    return pyarrow.fs.LocalFileSystem(), str(Path(path.removeprefix("file://")))
+
+
+def _read(path: str) -> bytes:
+    fs, fs_path = _fs(path)
+    with fs.open_input_stream(fs_path) as f:
+        return f.readall()
+
+
+def _write(path: str, data: bytes) -> None:
+    """Whole or not at all: written beside, then moved over (a rename on a local disk)."""
+    fs, fs_path = _fs(path)
+    parent, name = fs_path.rsplit("/", 1)
+    tmp = f"{parent}/.{name}.tmp"
+    with fs.open_output_stream(tmp) as f:
+        f.write(data)
+    fs.move(tmp, fs_path)
+
+
+def _exists(path: str) -> bool:
+    import pyarrow.fs
+
+    fs, fs_path = _fs(path)
+    return fs.get_file_info(fs_path).type != pyarrow.fs.FileType.NotFound
+
+
+def save(info: ResumeInfo, config_files: dict[str, Path]) -> None:
+    """Write the resume file and the config copies."""
+    fs, fs_path = _fs(info.experiment_path)
+    fs.create_dir(f"{fs_path}/{CONFIG_COPY}")
+    for name in CONFIG_NAMES:
+        target = f"{info.experiment_path}/{CONFIG_COPY}/{name}.yaml"
+        if not _exists(target):
+            _write(target, Path(config_files[name]).read_bytes())
+    update(info)
+
+
+def update(info: ResumeInfo) -> None:
+    _write(f"{info.experiment_path}/{RESUME_FILE}",
+           json.dumps(asdict(info), indent=2).encode("utf-8"))
+
+
+def load(path: str | Path) -> ResumeInfo:
+    folder = str(path).rstrip("/")
+    if not _is_uri(folder):
+        folder = str(Path(folder.removeprefix("file://")).expanduser().resolve())
+    meta = f"{folder}/{RESUME_FILE}"
+    if not _exists(folder):
+        raise ResumeError(f"experiment folder {folder} does not exist.", key="--resume",
+                          fix="pass the folder printed when the study started "
+                              "(under ray.storage_path).")
+    if not _exists(meta):
+        raise ResumeError(f"{folder} is not a themetune experiment folder (no {RESUME_FILE}).",
+                          key="--resume",
+                          fix="pass the folder printed when the study started "
+                              "(under ray.storage_path).")
+    try:
+        data = json.loads(_read(meta).decode("utf-8"))
+        data["experiment_path"] = folder  # the folder may have moved since
+        info = ResumeInfo(**data)
+    except (ValueError, TypeError) as exc:
+        raise ResumeError(f"{meta} is unreadable ({exc}).", key="--resume",
+                          fix="resume another experiment folder, or start a new study.") from None
+    if info.finished:
+        raise ResumeError(f"the study in {folder} already finished (MLflow parent run "
+                          f"{info.parent_run_id}).", key="--resume",
+                          fix="start a new study instead of resuming this one.")
+    from ray.tune import Tuner
+
+    if not Tuner.can_restore(folder):
+        raise ResumeError(f"{folder} holds no Ray Tune state to restore (the driver died "
+                          f"before Tune saved any).", key="--resume",
+                          fix="start the study again without --resume.")
+    return info
+
+
+def latest(storage_path: str, study_name: str | None) -> Path:
+    """The newest unfinished themetune experiment under Tune's storage path."""
+    if _is_uri(storage_path):
+        raise ResumeError(f"--resume without a folder looks only in local folders, and "
+                          f"ray.storage_path is {storage_path}.", key="--resume",
+                          fix="pass the experiment URI printed when the study started.")
+    root = Path(storage_path.removeprefix("file://")).expanduser().resolve()
+    found: list[tuple[float, Path]] = []
+    if root.is_dir():
+        for meta in root.glob(f"*/{RESUME_FILE}"):
+            try:
+                data = json.loads(meta.read_text(encoding="utf-8"))
+            except ValueError:
+                continue  # a foreign or damaged file: not one to resume by default
+            if data.get("finished") or (study_name and data.get("study_name") != study_name):
+                continue
+            found.append((meta.stat().st_mtime, meta.parent))
+    if not found:
+        which = f" of study {study_name!r}" if study_name else ""
+        raise ResumeError(f"no unfinished experiment{which} under {root}.", key="--resume",
+                          fix="pass the experiment folder printed when the study started.")
+    return max(found)[1]
+
+
+def check_same(info: ResumeInfo, *, theme_id: int | None, storage: str | None,
+               study_name: str | None, overrides: dict[str, Any]) -> None:
+    """A resume continues the study as it started: refuse CLI values that differ."""
+    given = {"--theme-id": (theme_id, info.theme_id),
+             "--storage": (absolute_url(storage), absolute_url(info.storage_url)),
+             "--study-name": (study_name, info.study_name)}
+    for name, value in overrides.items():
+        given[f"--{name.replace('_', '-')}"] = (value, info.overrides.get(name))
+    for flag, (new, old) in given.items():
+        if new is not None and new != old:
+            raise ResumeError(f"{flag} {new} differs from the study's {old}; a resumed study "
+                              f"runs exactly as it started.", key=flag,
+                              fix=f"leave {flag} out (or start a new study).")
+    env_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if env_uri and absolute_url(env_uri) != info.tracking_uri:
+        raise ResumeError(f"MLFLOW_TRACKING_URI is {env_uri} but the study logs to "
+                          f"{info.tracking_uri}.", key="MLFLOW_TRACKING_URI",
+                          fix=f"unset it or set it to {info.tracking_uri}.")
+
+
+def mark_finished(experiment_path: str) -> None:
+    """The study ended and its model is registered: a later --resume is refused."""
+    info = ResumeInfo(**json.loads(_read(f"{experiment_path}/{RESUME_FILE}").decode("utf-8")))
+    info.finished = True
+    update(info)
+
+
+def restore_tuner(experiment_path: str, trainable, *, searcher, scheduler, callback):
+    """Tuner.restore, with this driver's searcher, scheduler and callback in place of
+    the copies pickled when the study started.
+
+    Tune unpickles those copies from tuner.pkl, but they hold the dead driver's
+    recorder, MLflow client and progress display; ours get the saved searcher and
+    callback state (Tune calls their restore/set_state), so the same objects that
+    run_study reads afterwards are the ones Tune drives. Errored trials stay failed
+    (resume_errored=False): their end was recorded; unfinished ones continue from their
+    last checkpoint.
+    """
+    from ray import tune
+
+    tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True,
+                               resume_errored=False, restart_errored=False)
+    # Ray has no public way to swap these on restore (Tuner.restore takes only the
+    # trainable and param_space); fail loudly if its internals move.
+    internal = getattr(tuner, "_local_tuner", None)
+    if internal is None or not hasattr(internal, "_tune_config"):
+        raise RuntimeError("this Ray version's Tuner has no _local_tuner._tune_config; "
+                           "tuning/resume.py:restore_tuner needs updating")
+    internal._tune_config.search_alg = searcher
+    internal._tune_config.scheduler = scheduler
+    internal._run_config.callbacks = [callback]
+    return tuner
+
+
+def request(value: str, *, args, files) -> ResumeInfo:
+    """What `--resume [EXPERIMENT_DIR]` asks for, checked against the other flags."""
+    if value == "latest":
+        from tuning.config import _validate
+        from tuning.config_errors import read_yaml
+        from tuning.infra import InfraConfig
+
+        infra = _validate(InfraConfig, read_yaml(files.config), file=str(files.config))
+        value = str(latest(infra.ray.storage_path, args.study_name))
+    info = load(value)
+    check_same(info, theme_id=args.theme_id, storage=args.storage, study_name=args.study_name,
+               overrides={"n_trials": args.n_trials, "timeout": args.timeout,
+                          "max_concurrent_trials": args.max_concurrent_trials})
+    return info
