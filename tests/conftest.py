@@ -102,7 +102,8 @@ def ray_local():
     from tuning.cluster import PACKAGE_DIR
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+        # address="local": never join a cluster some `ray start` left on the machine.
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": str(PACKAGE_DIR.parent)}})
     yield ray
     ray.shutdown()

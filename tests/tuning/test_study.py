@@ -145,7 +145,9 @@ def test_persistent_storage_continues_and_refuses_other_direction(ray_local, mlf
 def test_asha_stops_trials_and_they_end_pruned(ray_local, mlflow_uri, tmp_path, digits_theme):
     folder = tiny_config_files(
         tmp_path / "configs", n_trials=4, epochs=3,
-        infra={"ray": {"storage_path": str(tmp_path / "rr")}, "max_concurrent_trials": 2,
+        # One trial at a time: which trial ASHA stops must not depend on which of two
+        # concurrent trials reports its first epoch first.
+        infra={"ray": {"storage_path": str(tmp_path / "rr")}, "max_concurrent_trials": 1,
                "mlflow": {"log_models": "best"}, "cache_dir": str(tmp_path / "cache"),
                "scheduler": {"type": "asha", "metric": "valid_loss", "mode": "min",
                              "grace_period": 1, "reduction_factor": 4}},
