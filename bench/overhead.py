@@ -376,6 +376,7 @@ def trial_lifecycle(t: Timeline) -> dict[str, float | None]:
     for received, trial_id, r in t.results:
         by_trial.setdefault(trial_id, []).append((received, r))
     start_to_fn, latency, round_trip, last_to_complete, gap = [], [], [], [], []
+    last_latency = []
     ends_by_pid: dict[Any, list[float]] = {}
     for trial_id, results in by_trial.items():
         w = t.worker.get(trial_id, {})
@@ -386,6 +387,8 @@ def trial_lifecycle(t: Timeline) -> dict[str, float | None]:
         for received, r in results[:-1]:
             if r.get("bench_reported"):
                 latency.append(received - r["bench_reported"])
+        if results and results[-1][1].get("bench_reported"):
+            last_latency.append(results[-1][0] - results[-1][1]["bench_reported"])
         steps = [b - a for a, b in zip(sent, sent[1:])]
         round_trip.extend(steps)
         done = t.trial_complete.get(trial_id)
@@ -405,6 +408,7 @@ def trial_lifecycle(t: Timeline) -> dict[str, float | None]:
     return {"trial start (driver) -> function entered": median(start_to_fn),
             "report -> driver callback (not last)": median(latency),
             "report to report (incl. work)": median(round_trip),
+            "last report (checkpoint written + persisted) -> driver": median(last_latency),
             "last result -> trial complete (driver)": median(last_to_complete),
             "trial complete -> next trial start, same process": median(gap)}
 

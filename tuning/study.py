@@ -266,7 +266,12 @@ def run_study(plan: StudyPlan, *, recorder: StudyRecorder | None = None,
                 tune_config=tune.TuneConfig(
                     search_alg=searcher, scheduler=scheduler, num_samples=config.study.n_trials,
                     max_concurrent_trials=config.infra.max_concurrent_trials,
-                    time_budget_s=config.study.timeout, reuse_actors=False),
+                    time_budget_s=config.study.timeout,
+                    # A fresh actor per trial costs ~8 s here (a new process imports
+                    # torch and fetches the data); reused, a trial starts in ~0.01 s
+                    # (bench.overhead: ratio 10.5 -> 1.8). Safe: a trial keeps no MLflow
+                    # run or global state in its worker; only the driver talks to MLflow.
+                    reuse_actors=True),
                 run_config=tune.RunConfig(
                     name=name, storage_path=storage_path, callbacks=[callback], verbose=0,
                     checkpoint_config=tune.CheckpointConfig(
