@@ -43,6 +43,25 @@ def theme_from_folder(folder: Path, *, theme_id: int = 1, name: str = "digits_sl
     return ThemeSpec(theme_id, name, class_names, samples, str(folder.resolve()))
 
 
+def make_site(folder: Path, images: Path, *, theme_name: str) -> dict:
+    """A migrated SQLite DB file holding one theme imported from `images`, and the
+    environment that points launch.py and manage.py at it (and at an MLflow store)."""
+    import subprocess
+
+    env = {**os.environ,
+           "DATABASE_URL": f"sqlite:///{folder / 'db.sqlite3'}",
+           "MEDIA_ROOT": str(folder / "media"),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}",
+           "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    for name in ("DJANGO_SETTINGS_MODULE", "MLFLOW_RUN_ID", "RAY_ADDRESS"):
+        env.pop(name, None)
+    manage = [sys.executable, str(ROOT / "manage.py")]
+    subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], env=env, check=True, cwd=folder)
+    out = subprocess.run([*manage, "import_theme", str(images), "--name", theme_name],
+                         env=env, check=True, cwd=folder, capture_output=True, text=True)
+    return {"folder": folder, "env": env, "theme_id": int(out.stdout.strip().splitlines()[-1])}
+
+
 @pytest.fixture(scope="session")
 def digits_folder(tmp_path_factory) -> Path:
     return write_digits_folder(tmp_path_factory.mktemp("digits"), per_class=24, classes=4)

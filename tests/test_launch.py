@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import tiny_config_files
+from tests.conftest import make_site, tiny_config_files
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,20 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, digits_folder):
     """A migrated SQLite DB holding one imported theme, and the env that points at it."""
-    folder = tmp_path_factory.mktemp("site")
-    env = {**os.environ,
-           "DATABASE_URL": f"sqlite:///{folder / 'db.sqlite3'}",
-           "MEDIA_ROOT": str(folder / "media"),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}",
-           "PYTHONPATH": str(ROOT)}
-    env.pop("DJANGO_SETTINGS_MODULE", None)
-    env.pop("MLFLOW_RUN_ID", None)
-    manage = [sys.executable, str(ROOT / "manage.py")]
-    subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], env=env, check=True, cwd=folder)
-    out = subprocess.run([*manage, "import_theme", str(digits_folder), "--name", "tiny_digits"],
-                         env=env, check=True, cwd=folder, capture_output=True, text=True)
-    theme_id = int(out.stdout.strip().splitlines()[-1])
-    return {"folder": folder, "env": env, "theme_id": theme_id}
+    return make_site(tmp_path_factory.mktemp("site"), digits_folder, theme_name="tiny_digits")
 
 
 def launch(site, *args, cwd=None):
