@@ -242,11 +242,3 @@ def _error_reason(trial) -> str:
         return "trial raised an error"
     lines = [line.strip() for line in str(text).splitlines() if line.strip()]
     return lines[-1][:500] if lines else "trial raised an error"
-
-
-def checkpoint_folder(record: TrialRecord) -> Path | None:
-    return Path(record.checkpoint_path) if record.checkpoint_path else None
-
-
-def plain(result: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in result.items() if k in REPORTED_METRICS}

@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -317,10 +316,3 @@ def end_run(client: MlflowClient, run_id: str, status: str) -> None:
 def _param_text(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     return text[:MAX_PARAM_LEN]
-
-
-def write_temp_text(text: str, name: str) -> Path:
-    folder = Path(tempfile.mkdtemp(prefix="themetune-"))
-    path = folder / name
-    path.write_text(text, encoding="utf-8")
-    return path

@@ -25,7 +25,7 @@ from tuning.config import StudyConfig
 from tuning.data import PreparedData, PreprocessSettings, prepare_data
 from tuning.errors import ConfigError, MetricError, ThemeError, ThemetuneError
 from tuning.interrupts import StopRequest
-from tuning.ledger import StudyLedger, TrialRecord
+from tuning.ledger import StudyLedger
 from tuning.optuna_adapter import StudySearch, check_existing_study, open_storage
 from tuning.params import REPORTED_METRICS, TrainingParams
 from tuning.progress import ProgressDisplay
@@ -165,7 +165,6 @@ def run_study(plan: StudyPlan, *, recorder: StudyRecorder | None = None,
     around a trial of fixed work with it). With `resume`, continue a study whose driver
     died: its Tune experiment is restored and its MLflow parent run reopened."""
     # Imported here so that validating configs (and --dry-run) never pays for Ray.
-    import ray
     from ray import tune
     from ray.tune.error import TuneError
     from ray.tune.schedulers import ASHAScheduler
