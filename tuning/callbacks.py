@@ -25,6 +25,9 @@ log = logging.getLogger("themetune")
 
 MLFLOW_STATUS = {COMPLETE: "FINISHED", PRUNED: "KILLED", FAIL: "FAILED", KILLED: "KILLED"}
 END_REASON = "themetune.end_reason"
+RETRIES = "themetune.retries"
+RETRY_REASON = "themetune.retry_reason"   # one tag per retry: themetune.retry_reason_1, ...
+RESUMED_FROM = "themetune.resumed_from_epoch"
 ORPHAN_REASON = ("started after the last state snapshot of a driver that died: the resumed "
                  "study could not continue this run (its trial runs again in a new one, or "
                  "not at all)")
@@ -99,6 +102,12 @@ class StudyCallback(tune.Callback):
         if result.get("pid") and result["pid"] != record.pid:
             record.pid = int(result["pid"])
             tags["ray.pid"] = str(record.pid)
+        # After a retry or a resume: the checkpoint's epoch it went on from, so that the
+        # run shows the epochs before it were not trained twice.
+        resumed = int(result.get("resumed_from_epoch") or 0)
+        if resumed and resumed != record.resumed_from_epoch:
+            record.resumed_from_epoch = resumed
+            tags[RESUMED_FROM] = str(resumed)
         if tags:
             mlflow_runs.set_tags(client, record.child_run_id, tags)
         # A retried trial re-reports epochs after its checkpoint: log each step once.
@@ -143,6 +152,22 @@ class StudyCallback(tune.Callback):
         if record is None or record.state in FINAL_STATES:
             return
         self._finish(record, FAIL, reason=_error_reason(trial))
+
+    def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
+        # The trial errored and FailureConfig.max_failures lets Tune run it again from its
+        # last checkpoint: keep the error that cost a retry on its child run.
+        record = self.ledger.get(trial.trial_id)
+        if record is None or record.state in FINAL_STATES:
+            return
+        record.retries += 1
+        reason = _error_reason(trial)
+        if record.node_id:   # a node's loss shows only as a lost actor: say where it ran
+            reason = f"{reason} [on node {record.node_id}]"
+        log.warning("Trial %d failed (%s); retry %d from its last checkpoint.",
+                    record.number, reason, record.retries)
+        mlflow_runs.set_tags(self.mlflow.client, record.child_run_id,
+                             {RETRIES: str(record.retries),
+                              f"{RETRY_REASON}_{record.retries}": reason})
 
     # -- helpers -----------------------------------------------------------------------
 

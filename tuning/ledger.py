@@ -33,6 +33,8 @@ class TrialRecord:
     error: str | None = None
     checkpoint_path: str | None = None
     model_uri: str | None = None
+    retries: int = 0              # times Tune restarted it after an error (FailureConfig)
+    resumed_from_epoch: int | None = None
 
 
 class StudyLedger:

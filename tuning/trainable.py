@@ -212,7 +212,8 @@ def train_trial(config: dict[str, Any], *, data: PreparedData, settings: TrialSe
         valid_loss, valid_acc = evaluate(model, valid, mean, std)
         metrics: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss,
                                    "train_acc": train_acc, "valid_loss": valid_loss,
-                                   "valid_acc": valid_acc, "node_id": node_id}
+                                   "valid_acc": valid_acc, "node_id": node_id,
+                                   "resumed_from_epoch": start_epoch}
         if epoch + 1 == epochs:
             metrics["test_loss"], metrics["test_acc"] = evaluate(model, test, mean, std)
         with tempfile.TemporaryDirectory() as folder:

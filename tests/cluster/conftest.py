@@ -6,17 +6,25 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import socket
+import sqlite3
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import tiny_config_files
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL_SH = ROOT / "cluster" / "local.sh"
 PYTHON = Path(sys.executable)
 RAY = PYTHON.with_name("ray")
+SUBMIT = ROOT / "cluster" / "submit.py"
 
 # What the client shell must not carry over from the test run.
 _CLIENT_DROP = ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE",
@@ -94,16 +102,17 @@ class LocalCluster:
                               timeout=60).stdout
 
 
-@pytest.fixture(scope="module")
-def local_cluster(tmp_path_factory):
-    """cluster/local.sh up: a head and one worker of 1 CPU each, token auth on; down at
-    the end, whatever happened, and no process of it may be left."""
+@contextmanager
+def started_cluster(*, workers: int, head_cpus: int, worker_cpus: int):
+    """cluster/local.sh up with token auth on; down at the end, whatever happened, and
+    no process of it may be left."""
     state = Path(f"/tmp/tt-test-{os.getpid()}-{random.randrange(10**6)}")  # short: socket paths
     ports = _free_ports()
     subnet = f"10.213.{random.randrange(100, 250)}"
     name = f"t{random.randrange(10**4)}"
-    up = [str(LOCAL_SH), "up", "--state-dir", str(state), "--workers", "1",
-          "--head-cpus", "1", "--worker-cpus", "1", "--token-file", str(state / "auth_token"),
+    up = [str(LOCAL_SH), "up", "--state-dir", str(state), "--workers", str(workers),
+          "--head-cpus", str(head_cpus), "--worker-cpus", str(worker_cpus),
+          "--token-file", str(state / "auth_token"),
           "--port", str(ports["gcs"]), "--dashboard-port", str(ports["dashboard"]),
           "--client-port", str(ports["client"]), "--port-base", str(ports["base"]),
           "--subnet", subnet, "--name", name]
@@ -125,3 +134,71 @@ def local_cluster(tmp_path_factory):
                 pass
         subprocess.run(["rm", "-rf", str(state)], check=False)
         assert not left, f"cluster/local.sh down left processes running: {left}"
+
+
+@pytest.fixture(scope="module")
+def local_cluster():
+    """A head and one worker of 1 CPU each."""
+    with started_cluster(workers=1, head_cpus=1, worker_cpus=1) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, digits_folder):
+    """A migrated SQLite DB with one theme, and the MLflow store: absolute paths, which
+    cluster/submit.py passes to the job (its driver runs on the head: this machine)."""
+    folder = tmp_path_factory.mktemp("cluster-site")
+    env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE",
+                                                           "MLFLOW_RUN_ID")}
+    env.update(DATABASE_URL=f"sqlite:///{folder / 'db.sqlite3'}", MEDIA_ROOT=str(folder / "media"),
+               MLFLOW_TRACKING_URI=f"sqlite:///{folder / 'mlflow.db'}", PYTHONPATH=str(ROOT))
+    manage = [str(PYTHON), str(ROOT / "manage.py")]
+    subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], env=env, check=True, cwd=folder)
+    out = subprocess.run([*manage, "import_theme", str(digits_folder), "--name", "cluster_digits"],
+                         env=env, check=True, cwd=folder, capture_output=True, text=True)
+    return {"folder": folder, "theme_id": int(out.stdout.strip().splitlines()[-1]),
+            "urls": {k: env[k] for k in ("DATABASE_URL", "MEDIA_ROOT", "MLFLOW_TRACKING_URI")}}
+
+
+def configs(folder: Path, *, storage_path: str, study: str, n_trials: int, epochs: int,
+            **infra_extra) -> Path:
+    infra = {"mlflow": {"tracking_uri": "sqlite:///mlflow.db", "log_models": "all"},
+             "ray": {"storage_path": storage_path},
+             "resources": {"cpu": 1, "gpu": 0}, "max_concurrent_trials": 2,
+             "cache_dir": str(folder / "cache"), **infra_extra}
+    return tiny_config_files(folder, n_trials=n_trials, epochs=epochs, infra=infra,
+                             study={"name": study})
+
+
+def submit(cluster, site, config_dir: Path, *, wait: bool) -> tuple[str, subprocess.CompletedProcess]:
+    cmd = [str(PYTHON), str(SUBMIT), "--theme-id", str(site["theme_id"]),
+           "--configs", str(config_dir), *([] if wait else ["--no-wait"])]
+    result = subprocess.run(cmd, env=cluster.client_env(**site["urls"]), capture_output=True,
+                            text=True, timeout=420, cwd=ROOT)
+    match = re.search(r"^submission id: (\S+)$", result.stdout, re.M)
+    assert match, result.stdout[-2000:] + result.stderr[-2000:]
+    return match.group(1), result
+
+
+def wait_for_status(cluster, sid: str, statuses: set[str], timeout: float) -> dict:
+    deadline = time.time() + timeout
+    while True:
+        info = cluster.job_info(sid)
+        if info["status"] in statuses or time.time() > deadline:
+            return info
+        time.sleep(2)
+
+
+def child_runs(site, parent_id: str):
+    client = MlflowClient(site["urls"]["MLFLOW_TRACKING_URI"])
+    parent = client.get_run(parent_id)
+    return parent, client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
+
+
+def parent_run_of(sid: str, site) -> str:
+    db = sqlite3.connect(site["folder"] / "db.sqlite3")
+    row = db.execute("select mlflow_parent_run_id from data_access_tuningstudy "
+                     "where ray_job_id = ?", (sid,)).fetchone()
+    assert row, f"no study record with ray_job_id {sid}"
+    return row[0]

@@ -4,84 +4,19 @@ token auth on: `ray job submit` through cluster/submit.py, as a user would."""
 
 from __future__ import annotations
 
-import os
 import re
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.cluster.conftest import PYTHON, RAY, ROOT
-from tests.conftest import tiny_config_files
+from tests.cluster.conftest import (PYTHON, RAY, SUBMIT, child_runs, configs, parent_run_of,
+                                    submit, wait_for_status)
 
 pytestmark = pytest.mark.ray
-
-SUBMIT = ROOT / "cluster" / "submit.py"
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory, digits_folder):
-    """A migrated SQLite DB with one theme, and the MLflow store: absolute paths, which
-    cluster/submit.py passes to the job (its driver runs on the head: this machine)."""
-    folder = tmp_path_factory.mktemp("cluster-site")
-    env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE",
-                                                           "MLFLOW_RUN_ID")}
-    env.update(DATABASE_URL=f"sqlite:///{folder / 'db.sqlite3'}", MEDIA_ROOT=str(folder / "media"),
-               MLFLOW_TRACKING_URI=f"sqlite:///{folder / 'mlflow.db'}", PYTHONPATH=str(ROOT))
-    manage = [str(PYTHON), str(ROOT / "manage.py")]
-    subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], env=env, check=True, cwd=folder)
-    out = subprocess.run([*manage, "import_theme", str(digits_folder), "--name", "cluster_digits"],
-                         env=env, check=True, cwd=folder, capture_output=True, text=True)
-    return {"folder": folder, "theme_id": int(out.stdout.strip().splitlines()[-1]),
-            "urls": {k: env[k] for k in ("DATABASE_URL", "MEDIA_ROOT", "MLFLOW_TRACKING_URI")}}
-
-
-def configs(folder: Path, *, storage_path: str, study: str, n_trials: int, epochs: int) -> Path:
-    infra = {"mlflow": {"tracking_uri": "sqlite:///mlflow.db", "log_models": "all"},
-             "ray": {"storage_path": storage_path},
-             "resources": {"cpu": 1, "gpu": 0}, "max_concurrent_trials": 2,
-             "cache_dir": str(folder / "cache")}
-    return tiny_config_files(folder, n_trials=n_trials, epochs=epochs, infra=infra,
-                             study={"name": study})
-
-
-def submit(cluster, site, config_dir: Path, *, wait: bool) -> tuple[str, subprocess.CompletedProcess]:
-    cmd = [str(PYTHON), str(SUBMIT), "--theme-id", str(site["theme_id"]),
-           "--configs", str(config_dir), *([] if wait else ["--no-wait"])]
-    result = subprocess.run(cmd, env=cluster.client_env(**site["urls"]), capture_output=True,
-                            text=True, timeout=420, cwd=ROOT)
-    match = re.search(r"^submission id: (\S+)$", result.stdout, re.M)
-    assert match, result.stdout[-2000:] + result.stderr[-2000:]
-    return match.group(1), result
-
-
-def wait_for_status(cluster, sid: str, statuses: set[str], timeout: float) -> dict:
-    deadline = time.time() + timeout
-    while True:
-        info = cluster.job_info(sid)
-        if info["status"] in statuses or time.time() > deadline:
-            return info
-        time.sleep(2)
-
-
-def child_runs(site, parent_id: str):
-    client = MlflowClient(site["urls"]["MLFLOW_TRACKING_URI"])
-    parent = client.get_run(parent_id)
-    return parent, client.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
-
-
-def parent_run_of(sid: str, site) -> str:
-    db = sqlite3.connect(site["folder"] / "db.sqlite3")
-    row = db.execute("select mlflow_parent_run_id from data_access_tuningstudy "
-                     "where ray_job_id = ?", (sid,)).fetchone()
-    assert row, f"no study record with ray_job_id {sid}"
-    return row[0]
-
 
 def test_study_job_runs_trials_on_two_nodes(local_cluster, site, tmp_path):
     """The whole path: submit -> SUCCEEDED, trials on both nodes, each trial its child

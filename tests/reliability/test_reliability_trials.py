@@ -105,6 +105,10 @@ def test_reliability_killed_worker_retries_into_the_same_child_run(ray_local, ml
     (child,) = _children(client, outcome)
     assert child.info.status == "FINISHED"
     assert int(child.data.tags["ray.pid"]) != killed["pid"]   # the retry ran elsewhere
+    assert child.data.tags["themetune.retries"] == "1"
+    assert "themetune.retry_reason_1" in child.data.tags
+    # From the checkpoint the kill left, not from scratch.
+    assert killed["after_epoch"] <= int(child.data.tags["themetune.resumed_from_epoch"]) < epochs
     for name in ("train_loss", "valid_loss", "valid_acc"):
         steps = [m.step for m in client.get_metric_history(child.info.run_id, name)]
         assert steps == list(range(1, epochs + 1)), (name, steps)
