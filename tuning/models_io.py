@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
@@ -17,13 +18,28 @@ class ModelLogger:
         self.plan = plan
 
     def load(self, record: TrialRecord):
-        from tuning.trainable import load_state_dict
-
         params = self.plan.config.trial_params(record.params)
         model = build_model(params.model.name, num_classes=self.plan.theme.num_classes,
                             in_channels=params.data.channels)
-        model.load_state_dict(load_state_dict(Path(record.checkpoint_path))["model"])
+        model.load_state_dict(self._checkpoint_state(record.checkpoint_path)["model"])
         return model.eval(), params
+
+    def _checkpoint_state(self, fs_path: str) -> dict:
+        # Tune gives a checkpoint's path on the storage's own filesystem ("bucket/key"
+        # on S3): read it through the filesystem of ray.storage_path, as Tune wrote it.
+        import torch
+
+        from tuning.trainable import CHECKPOINT_FILE, load_state_dict
+
+        storage = self.plan.config.infra.ray.storage_path
+        if "://" not in storage or storage.startswith("file://"):
+            return load_state_dict(Path(fs_path))
+        import pyarrow.fs
+
+        fs, _ = pyarrow.fs.FileSystem.from_uri(storage)
+        with fs.open_input_stream(f"{fs_path.rstrip('/')}/{CHECKPOINT_FILE}") as f:
+            data = f.readall()
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
     def log_trial_model(self, record: TrialRecord) -> None:
         """Log a finished trial's model into its child run, with the config it ran with."""
