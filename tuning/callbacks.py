@@ -8,6 +8,7 @@ here, tagged with mlflow.parentRunId. A retried trial keeps its child run.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -266,4 +267,7 @@ def _error_reason(trial) -> str:
     if not text:
         return "trial raised an error"
     lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    return lines[-1][:500] if lines else "trial raised an error"
+    if not lines:
+        return "trial raised an error"
+    # Our own errors by their names alone: "tuning.trainable.X: ..." reads "X: ...".
+    return re.sub(r"^tuning\.[\w.]+\.(\w+): ", r"\1: ", lines[-1])[:500]

@@ -20,8 +20,8 @@ def ensure_ray(section: RaySection) -> None:
     if ray.is_initialized():
         return
     # Inside `ray job submit`, RAY_ADDRESS points at the cluster that runs the job.
-    address = section.address or os.environ.get("RAY_ADDRESS")
-    if address:
+    if joins_a_cluster(section):
+        address = section.address or os.environ["RAY_ADDRESS"]
         # Inside a Ray job the job's working_dir already carries the code; a driver
         # that joins a cluster by itself ships the tuning package to the workers.
         runtime_env = None if in_ray_job() else {"py_modules": [str(PACKAGE_DIR)]}
@@ -70,7 +70,7 @@ def check_resources(infra, *, file: str = "config.yaml") -> None:
     """On a local cluster, a trial that asks for more than the machine has never starts."""
     from tuning.errors import ConfigError
 
-    if infra.ray.address or os.environ.get("RAY_ADDRESS"):
+    if joins_a_cluster(infra.ray):
         return  # the cluster's size is known only once connected; Ray reports it there
     cpus = infra.ray.num_cpus or os.cpu_count() or 1
     if infra.resources.cpu > cpus:
@@ -89,6 +89,55 @@ def _local_gpus() -> int:
     import torch
 
     return torch.cuda.device_count()
+
+
+def trial_resources(resources) -> dict[str, float]:
+    """What Ray reserves for one trial (config.yaml resources)."""
+    from tuning.memory_cap import GIB
+
+    wanted = {"cpu": resources.cpu, "gpu": resources.gpu}
+    if resources.memory_gb:
+        wanted["memory"] = int(resources.memory_gb * GIB)
+    return wanted
+
+
+def joins_a_cluster(section: RaySection) -> bool:
+    """True when ensure_ray connects to an existing cluster rather than starting one."""
+    return bool(section.address or os.environ.get("RAY_ADDRESS"))
+
+
+def check_trial_fits(resources, *, local: bool, file: str = "config.yaml") -> None:
+    """Once connected: is there a node with room for one trial's CPUs, GPUs and memory?
+    On this machine's own cluster none ever will be (exit 2); a remote cluster may grow
+    (an autoscaler), so there it is a warning and Tune waits."""
+    import logging
+
+    import ray
+
+    from tuning.errors import ConfigError
+    from tuning.memory_cap import GIB
+
+    wanted = {"CPU": resources.cpu, "GPU": resources.gpu,
+              "memory": trial_resources(resources).get("memory", 0)}
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if any(all(n.get(k, 0) >= v for k, v in wanted.items() if v) for n in nodes):
+        return
+    largest = max((n.get("memory", 0) for n in nodes), default=0) / GIB
+    if wanted["memory"] and all(n.get("memory", 0) < wanted["memory"] for n in nodes):
+        problem = (f"a trial asks for {resources.memory_gb:g} GiB of memory but no node of "
+                   f"the Ray cluster offers that much (largest: {largest:.1f} GiB)")
+        fix = f"use resources.memory_gb <= {largest:.1f}, or leave it out (no cap)."
+        key = "resources.memory_gb"
+    else:
+        problem = (f"no node of the Ray cluster has {resources.cpu:g} CPU and "
+                   f"{resources.gpu:g} GPU free for one trial")
+        fix = "lower resources.cpu / resources.gpu, or add a bigger node."
+        key = "resources.cpu"
+    if not local:
+        logging.getLogger("themetune").warning("%s; Tune waits until one joins (%s)",
+                                               problem, fix)
+        return
+    raise ConfigError(problem + ".", file=file, key=key, fix=fix)
 
 
 # How long the storage probe waits for every node to answer. A node answers with a

@@ -28,6 +28,9 @@ class RaySection(Strict):
 class ResourcesSection(Strict):
     cpu: float = Field(default=1, gt=0)
     gpu: float = Field(default=0, ge=0)
+    # Host memory a trial may add to what its worker holds at start (tuning/memory_cap.py);
+    # also reserved in Ray's scheduler. None: no cap, no reservation.
+    memory_gb: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _fractional_gpu(self) -> "ResourcesSection":

@@ -170,7 +170,7 @@ def run_study(plan: StudyPlan, *, recorder: StudyRecorder | None = None,
     from ray.tune.schedulers import ASHAScheduler
 
     from tuning.callbacks import StudyCallback
-    from tuning.cluster import ensure_ray
+    from tuning.cluster import check_trial_fits, ensure_ray, joins_a_cluster, trial_resources
     from tuning.cluster import check_storage_reachable  # cluster: multi-node storage check
     from tuning.models_io import ModelLogger
     from tuning.trainable import TrialSettings, train_trial
@@ -179,6 +179,8 @@ def run_study(plan: StudyPlan, *, recorder: StudyRecorder | None = None,
     recorder = recorder or NullRecorder()
     progress = progress or ProgressDisplay()
     ensure_ray(config.infra.ray)
+    check_trial_fits(config.infra.resources, local=not joins_a_cluster(config.infra.ray),
+                     file=str(config.files.config))
     check_storage_reachable(config.infra.ray.storage_path, file=str(config.files.config))  # cluster
 
     if resume is None:
@@ -243,10 +245,11 @@ def run_study(plan: StudyPlan, *, recorder: StudyRecorder | None = None,
         settings = TrialSettings(base=config.base, augments=augment_settings(config),
                                  num_classes=plan.theme.num_classes,
                                  in_channels=config.params.data.channels,
-                                 cpus=config.infra.resources.cpu)
+                                 cpus=config.infra.resources.cpu,
+                                 memory_gb=config.infra.resources.memory_gb)
         trainable = tune.with_resources(
             tune.with_parameters(trainable or train_trial, data=plan.data, settings=settings),
-            {"cpu": config.infra.resources.cpu, "gpu": config.infra.resources.gpu})
+            trial_resources(config.infra.resources))
         if resume is not None:
             tuner = resume_files.restore_tuner(resume.experiment_path, trainable,
                                                searcher=searcher, scheduler=scheduler,

@@ -23,6 +23,7 @@ from ray import tune
 
 from tuning.augment import AugmentSettings, augment_batch
 from tuning.data import PreparedData, Split
+from tuning.memory_cap import GIB, TrialOutOfMemoryError, is_out_of_memory, memory_cap
 from tuning.model import build_model
 from tuning.params import TrainingParams, params_with_sample
 
@@ -41,6 +42,7 @@ class TrialSettings:
     num_classes: int
     in_channels: int
     cpus: float
+    memory_gb: float | None = None   # resources.memory_gb: the trial's cap on host memory
 
 
 def pick_device() -> torch.device:
@@ -182,6 +184,29 @@ def load_state_dict(folder: Path) -> dict[str, Any]:
 
 def train_trial(config: dict[str, Any], *, data: PreparedData, settings: TrialSettings) -> None:
     params = TrainingParams.model_validate(params_with_sample(settings.base, config))
+    cap = int(settings.memory_gb * GIB) if settings.memory_gb else None
+    try:
+        with memory_cap(cap):
+            _train(params, data, settings)
+    except Exception as exc:
+        # The cap is lifted here: building the report has memory again.
+        if isinstance(exc, TrialOutOfMemoryError) or not is_out_of_memory(
+                exc, capped=cap is not None):
+            raise
+        raise TrialOutOfMemoryError(_oom_message(exc, settings)) from exc
+
+
+def _oom_message(exc: BaseException, settings: TrialSettings) -> str:
+    detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:240]
+    fixes = ["lower training.batch_size or data.image_size", "pick a smaller model.name"]
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        fixes.append("give each trial a larger GPU share (resources.gpu)")
+    elif settings.memory_gb:
+        fixes.append(f"raise resources.memory_gb (now {settings.memory_gb:g})")
+    return f"out of memory ({detail}). Fix: {', or '.join(fixes)}."
+
+
+def _train(params: TrainingParams, data: PreparedData, settings: TrialSettings) -> None:
     torch.set_num_threads(max(1, int(settings.cpus)))
     device = pick_device()
     if device.type == "cuda":

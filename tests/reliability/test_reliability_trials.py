@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import tiny_config_files
 from tuning.config import ConfigFiles, Overrides, load_study_config
+from tuning.errors import ConfigError
 from tuning.progress import ProgressDisplay
 from tuning.study import prepare_study, run_study
 
@@ -113,3 +114,55 @@ def test_reliability_killed_worker_retries_into_the_same_child_run(ray_local, ml
         steps = [m.step for m in client.get_metric_history(child.info.run_id, name)]
         assert steps == list(range(1, epochs + 1)), (name, steps)
     assert outcome.counts["COMPLETE"] == 1
+
+
+def test_reliability_out_of_memory_trial_fails_and_study_goes_on(ray_local, mlflow_uri, tmp_path,
+                                                                digits_theme):
+    # resources.memory_gb caps what a trial's worker may add to its memory: at 160 px a
+    # batch of 48 needs several times what a batch of 4 does, and more than the cap,
+    # so that trial's allocation fails for real inside torch. study.seed 0 makes the
+    # first two picks the two choices.
+    folder = tiny_config_files(
+        tmp_path / "configs", n_trials=2, epochs=1, study={"seed": 0},
+        space={"training.batch_size": {"type": "categorical", "choices": [4, 48]}},
+        params={"training": {"run_name": "oom"}, "data": {"image_size": 160, "channels": 1}},
+        infra={"ray": {"storage_path": str(tmp_path / "rr")},
+               "resources": {"cpu": 1, "gpu": 0, "memory_gb": 0.5},
+               "mlflow": {"log_models": "none"}, "cache_dir": str(tmp_path / "cache")})
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    outcome = _run(folder, digits_theme, storage_url=url, study_name="oom")
+    client = MlflowClient(mlflow_uri)
+    children = {c.data.tags["optuna.trial_number"]: c for c in _children(client, outcome)}
+    study = optuna.load_study(study_name="oom", storage=url)
+    assert {t.params["training.batch_size"] for t in study.trials} == {4, 48}, \
+        "the seed no longer picks both choices"
+    for trial in study.trials:
+        child = children[str(trial.number)]
+        if trial.params["training.batch_size"] == 48:
+            assert trial.state.name == "FAIL"
+            assert child.info.status == "FAILED"
+            reason = child.data.tags["themetune.end_reason"]
+            assert reason.startswith("TrialOutOfMemoryError: out of memory ("), reason
+            assert "training.batch_size" in reason and "resources.memory_gb (now 0.5)" in reason
+        else:
+            assert trial.state.name == "COMPLETE", child.data.tags
+            assert child.info.status == "FINISHED"
+    assert outcome.status == "completed"
+    assert outcome.counts["FAIL"] == 1 and outcome.counts["COMPLETE"] == 1
+
+
+def test_reliability_memory_no_node_offers_is_refused_before_anything_starts(
+        ray_local, mlflow_uri, tmp_path, digits_theme):
+    folder = tiny_config_files(
+        tmp_path / "configs", n_trials=1,
+        infra={"ray": {"storage_path": str(tmp_path / "rr")},
+               "resources": {"cpu": 1, "gpu": 0, "memory_gb": 100000},
+               "cache_dir": str(tmp_path / "cache")})
+    with pytest.raises(ConfigError) as err:
+        _run(folder, digits_theme)
+    message = str(err.value)
+    assert "config.yaml: key 'resources.memory_gb'" in message, message
+    assert "100000 GiB" in message and "Fix: use resources.memory_gb <=" in message
+    assert MlflowClient(mlflow_uri).search_experiments() == [] or all(
+        not MlflowClient(mlflow_uri).search_runs([e.experiment_id])
+        for e in MlflowClient(mlflow_uri).search_experiments())
