@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 DEMO_CONFIGS := configs/demo
 
-.PHONY: install demo test mlflow bench bench-quick clean
+.PHONY: install demo test mlflow bench bench-quick clean postgres
 
 install: $(STAMP)
 
@@ -26,7 +26,7 @@ demo: install
 	theme_id=$$($(PY) manage.py import_demo_theme --exist-ok | tail -n 1) && \
 	$(PY) launch.py --configs $(DEMO_CONFIGS) --theme-id $$theme_id
 
-test: install browser
+test: install browser postgres
 	$(PY) -m pytest
 
 mlflow: install
@@ -64,6 +64,12 @@ web: install
 browser:
 	(test -x /usr/bin/chromium && fc-list :lang=ja | grep -q .) || \
 	  (apt-get update && apt-get install -y chromium fonts-ipafont-gothic)
+
+# A PostgreSQL server for the tests that stop and restart one mid-study (they start
+# their own, as the postgres user, in a temp dir).
+postgres:
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  (apt-get update && apt-get install -y postgresql)
 
 # Japanese UI texts: refresh the catalogue, fill it from locale/ja_translations.py, compile.
 messages: install

@@ -1,12 +1,17 @@
-"""The Django database is unreachable when a study starts.
-
-(Unreachable mid-study: the recorder queues its writes and reports what it could not
-write; tests/data_access/test_data_access_recorder.py causes that for real.)"""
+"""The Django database is unreachable when a study starts (exit 2), or goes away while
+it runs (a real PostgreSQL server stopped and started: nothing lost). How the recorder
+queues and reports writes is tested in tests/data_access/test_data_access_recorder.py."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+
 from tests.conftest import tiny_config_files
-from tests.reliability.reliability_helpers import free_port, run_launch
+from tests.reliability.postgres_server import PostgresServer
+from tests.reliability.reliability_helpers import ROOT, Driver, free_port, run_launch
 
 
 def test_reliability_database_down_at_start_exits_2(site, tmp_path):
@@ -24,3 +29,56 @@ def test_reliability_database_down_at_start_exits_2(site, tmp_path):
     # Nothing was started: no MLflow store, no Tune folder.
     assert not (tmp_path / "mlflow.db").exists()
     assert not (tmp_path / "configs" / "ray_results").exists()
+
+
+def test_reliability_postgres_down_mid_study_loses_no_record(digits_folder, tmp_path):
+    """A real PostgreSQL server is stopped while trials run and started again: the study
+    goes on, and every trial's row and every epoch reach the database once it is back."""
+    import psycopg
+
+    server = PostgresServer(free_port())
+    try:
+        server.start()
+        server.create_database()
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("DJANGO_SETTINGS_MODULE", "MLFLOW_RUN_ID", "RAY_ADDRESS")}
+        env.update(DATABASE_URL=server.url, MEDIA_ROOT=str(tmp_path / "media"),
+                   MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                   PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+        manage = [sys.executable, str(ROOT / "manage.py")]
+        subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], env=env, check=True,
+                       cwd=tmp_path)
+        out = subprocess.run([*manage, "import_theme", str(digits_folder), "--name", "pg_digits"],
+                             env=env, check=True, cwd=tmp_path, capture_output=True, text=True)
+        theme_id = int(out.stdout.strip().splitlines()[-1])
+        n_trials, epochs = 3, 6
+        configs = tiny_config_files(tmp_path / "configs", n_trials=n_trials, epochs=epochs)
+
+        driver = Driver(env, tmp_path, "--theme-id", theme_id, "--configs", configs)
+        try:
+            driver.wait_for(lambda line: "trials 0/3 done | 1 running" in line, timeout=300)
+            server.stop()
+            driver.wait_for(lambda line: "themetune: warning: database postgresql://" in line
+                            and "refused a write" in line, timeout=120)
+            time.sleep(5)   # more events queue up behind the first
+            server.start()
+            driver.proc.wait(timeout=400)
+            driver.lines.extend(driver.proc.stdout.read().splitlines(keepends=True))
+        finally:
+            driver.close()
+        output = "".join(driver.lines)
+        assert driver.proc.returncode == 0, output[-4000:]
+        assert "were not written" not in output
+        assert f"trials {n_trials}/{n_trials} done" in output
+
+        with psycopg.connect(server.url) as conn:
+            (status,) = conn.execute("select status from data_access_tuningstudy").fetchone()
+            rows = conn.execute("select number, state, metrics from data_access_tuningtrial "
+                                "order by number").fetchall()
+        assert status == "completed"
+        assert [r[0] for r in rows] == list(range(n_trials))
+        for number, state, metrics in rows:
+            assert state == "COMPLETE", (number, state)
+            assert [m["epoch"] for m in metrics] == list(range(1, epochs + 1)), (number, metrics)
+    finally:
+        server.remove()
