@@ -130,9 +130,10 @@ def check_trial_fits(resources, *, local: bool, file: str = "config.yaml") -> No
         key = "resources.memory_gb"
     else:
         problem = (f"no node of the Ray cluster has {resources.cpu:g} CPU and "
-                   f"{resources.gpu:g} GPU free for one trial")
+                   f"{resources.gpu:g} GPU for one trial")
         fix = "lower resources.cpu / resources.gpu, or add a bigger node."
-        key = "resources.cpu"
+        cpu_ok = any(n.get("CPU", 0) >= resources.cpu for n in nodes)
+        key = "resources.gpu" if cpu_ok else "resources.cpu"
     if not local:
         logging.getLogger("themetune").warning("%s; Tune waits until one joins (%s)",
                                                problem, fix)
