@@ -6,6 +6,7 @@
 #   cluster/local.sh up --workers 2 [--head-cpus 1] [--worker-cpus 1] [--net auto]
 #   eval "$(cluster/local.sh env)"        # RAY_ADDRESS, RAY_AUTH_MODE, the token path
 #   python cluster/submit.py --theme-id 7  # or: ray job submit ... -- python launch.py ...
+#   cluster/local.sh add-worker [--worker-cpus 1]   # one more node, while studies run
 #   cluster/local.sh status
 #   cluster/local.sh down [--purge]
 #
@@ -57,7 +58,7 @@ STOP_WAIT_S="${RAY_JOB_STOP_WAIT_TIME_S:-60}"
 PYTHON="${THEMETUNE_PYTHON:-$REPO/.venv/bin/python}"
 
 usage() {
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
     cat <<EOF
 Options (defaults in brackets):
   --state-dir DIR     state, logs, node temp dirs and shared/ [$STATE] (or THEMETUNE_CLUSTER_DIR)
@@ -159,18 +160,20 @@ setup_network() {
     ip link add "$BRIDGE" type bridge
     ip addr add "$SUBNET.1/24" dev "$BRIDGE"
     ip link set "$BRIDGE" up
-    local i ns
-    for ((i = 1; i <= WORKERS; i++)); do
-        ns="${NAME}-w$i"
-        ip netns add "$ns"
-        ip link add "${NAME}w${i}h" type veth peer name "${NAME}w${i}n"
-        ip link set "${NAME}w${i}h" master "$BRIDGE" up
-        ip link set "${NAME}w${i}n" netns "$ns"
-        ip -n "$ns" addr add "$SUBNET.$((i + 1))/24" dev "${NAME}w${i}n"
-        ip -n "$ns" link set "${NAME}w${i}n" up
-        ip -n "$ns" link set lo up
-        # No default route: a worker reaches the bridge subnet and nothing else.
-    done
+    local i
+    for ((i = 1; i <= WORKERS; i++)); do setup_worker_network "$i"; done
+}
+
+setup_worker_network() {  # worker index
+    local i="$1" ns="${NAME}-w$1"
+    ip netns add "$ns"
+    ip link add "${NAME}w${i}h" type veth peer name "${NAME}w${i}n"
+    ip link set "${NAME}w${i}h" master "$BRIDGE" up
+    ip link set "${NAME}w${i}n" netns "$ns"
+    ip -n "$ns" addr add "$SUBNET.$((i + 1))/24" dev "${NAME}w${i}n"
+    ip -n "$ns" link set "${NAME}w${i}n" up
+    ip -n "$ns" link set lo up
+    # No default route: a worker reaches the bridge subnet and nothing else.
 }
 
 teardown_network() {
@@ -218,19 +221,24 @@ start_node() {  # index, label, extra ray start args...
     echo $! > "$STATE/pids/$label.pid"
 }
 
-wait_nodes() {  # expected count
-    local want="$1" i out
-    for ((i = 0; i < 120; i++)); do
-        out="$(env RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$TOKEN_FILE" \
-               "$PYTHON" - "$(node_ip 0):$GCS_PORT" <<'EOF' 2>/dev/null || true
+alive_nodes() {  # how many nodes the GCS counts as alive (empty when it cannot say)
+    env RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$TOKEN_FILE" \
+        "$PYTHON" - "$(node_ip 0):$GCS_PORT" <<'EOF' 2>/dev/null || true
 import sys
 from ray._raylet import GcsClient
 nodes = GcsClient(address=sys.argv[1]).get_all_node_info(timeout=5).values()
 print(sum(1 for n in nodes if n.state == 0))
 EOF
-)"
+}
+
+wait_nodes() {  # expected count
+    local want="$1" i out label
+    for ((i = 0; i < 120; i++)); do
+        out="$(alive_nodes)"
         [[ "$out" == "$want" ]] && return 0
         for label in "$STATE"/pids/*.pid; do
+            # A node that was gone before this command (killed on purpose) is no failure.
+            [[ " ${GONE_PIDS:-} " == *" $(cat "$label") "* ]] && continue
             kill -0 "$(cat "$label")" 2>/dev/null || {
                 echo "local.sh: node $(basename "$label" .pid) exited; its log:" >&2
                 tail -n 30 "$STATE/logs/$(basename "$label" .pid).out" >&2
@@ -339,6 +347,24 @@ cmd_down() {
     echo "Ray cluster in $STATE is down."
 }
 
+cmd_add_worker() {
+    load_state
+    local i=$((WORKERS + 1)) before label
+    before="$(alive_nodes)"
+    [[ -n "$before" ]] || die "the cluster in $STATE does not answer (is it up?)"
+    GONE_PIDS=""
+    for label in "$STATE"/pids/*.pid; do
+        kill -0 "$(cat "$label")" 2>/dev/null || GONE_PIDS+=" $(cat "$label")"
+    done
+    [[ "$NET" == netns ]] && setup_worker_network "$i"
+    mkdir -p "$STATE/nodes/worker-$i"
+    sed -i "s/^WORKERS=.*/WORKERS=$i/" "$STATE/cluster.state"
+    WORKERS=$i
+    start_node "$i" "worker-$i" --address "$(node_ip 0):$GCS_PORT" --num-cpus "$WORKER_CPUS"
+    wait_nodes $((before + 1))
+    echo "worker-$i joined ($(node_ip "$i"), $WORKER_CPUS CPU): $((before + 1)) nodes alive"
+}
+
 cmd_status() {
     load_state
     local label pid
@@ -357,9 +383,10 @@ cmd_env() {
 
 case "$CMD" in
     up) cmd_up ;;
+    add-worker) cmd_add_worker ;;
     down) cmd_down ;;
     status) cmd_status ;;
     env) cmd_env ;;
     ""|-h|--help|help) usage ;;
-    *) die "unknown command $CMD (up | down | status | env)" ;;
+    *) die "unknown command $CMD (up | add-worker | down | status | env)" ;;
 esac

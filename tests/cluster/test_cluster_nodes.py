@@ -1,21 +1,27 @@
-"""A worker node dies mid-trial, for real: its raylet is SIGKILLed in a 3-node cluster
-(cluster/local.sh: a head that runs no trials, and two workers). The trial must come
-back from its last checkpoint on the surviving worker, in the same child run, and the
-study must end with every trial accounted for."""
+"""Nodes come and go while a study runs, in a real cluster (cluster/local.sh: a head
+that runs no trials, and two workers of 1 CPU).
+
+A worker node dies mid-trial: its raylet is SIGKILLed. The trial must come back from
+its last checkpoint on the surviving worker, in the same child run, and the study must
+end with every trial accounted for. A worker is added mid-study: waiting trials start
+on it."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.cluster.conftest import (child_runs, configs, parent_run_of, started_cluster,
-                                    submit, wait_for_status)
+from tests.cluster.conftest import (LOCAL_SH, child_runs, configs, parent_run_of,
+                                    started_cluster, submit, wait_for_status)
 
 pytestmark = pytest.mark.ray
 
@@ -123,3 +129,60 @@ def test_killed_worker_node_trial_resumes_on_the_survivor(three_nodes, site, tmp
     print(f"node {victim['node'][:8]} killed after epoch {victim['after_epoch']}, resumed "
           f"from epoch {tags['themetune.resumed_from_epoch']}; study done "
           f"{time.time() - killed_at:.0f} s later; reason: {tags['themetune.retry_reason_1']}")
+
+
+def node_id_of(state: Path, label: str) -> str:
+    """The Ray node id of the node cluster/local.sh started as `label` (from its raylet's
+    argv, which names the node's temp dir and its id)."""
+    folder = f"/nodes/{label}/".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[0].endswith(b"/raylet") and any(folder in a and str(state).encode() in a
+                                                for a in argv):
+            ids = [a for a in argv if a.startswith(b"--node_id=")]
+            return ids[0].split(b"=", 1)[1].decode()
+    raise AssertionError(f"no raylet for {label}")
+
+
+def test_worker_added_mid_study_takes_trials(three_nodes, site, tmp_path):
+    """More trials than CPUs: some wait. `cluster/local.sh add-worker` adds a node while
+    the study runs, and Tune starts waiting trials on it at once."""
+    shared = three_nodes.state / "shared" / "ray_results"
+    # Trials long enough (~30 s) that the new node's first actor is up (a new worker
+    # process imports torch: seconds) before a running trial ends: with reused actors,
+    # Tune hands a waiting trial to the first actor that is free, old or new.
+    n_trials = 4
+    config_dir = configs(tmp_path / "configs", storage_path=str(shared), study="scaleout",
+                         n_trials=n_trials, epochs=30, max_concurrent_trials=3,
+                         mlflow={"tracking_uri": "sqlite:///mlflow.db", "log_models": "none"})
+    sid, _ = submit(three_nodes, site, config_dir, wait=False)
+    deadline = time.time() + 300
+    while True:   # a trial runs, so the study is past its start
+        assert time.time() < deadline, three_nodes.job_logs(sid)[-3000:]
+        assert three_nodes.job_info(sid)["status"] in ("PENDING", "RUNNING"), \
+            three_nodes.job_logs(sid)[-3000:]
+        if "| 1 running |" in three_nodes.job_logs(sid) or \
+                "| 2 running |" in three_nodes.job_logs(sid):
+            break
+        time.sleep(1)
+    env = {**three_nodes.client_env(), "THEMETUNE_PYTHON": sys.executable}
+    added = subprocess.run([str(LOCAL_SH), "add-worker", "--state-dir", str(three_nodes.state)],
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert added.returncode == 0, added.stdout[-2000:] + added.stderr[-2000:]
+    new_label = re.search(r"^(worker-\d+) joined", added.stdout, re.M).group(1)
+    new_node = node_id_of(three_nodes.state, new_label)
+
+    info = wait_for_status(three_nodes, sid, {"SUCCEEDED", "FAILED", "STOPPED"}, 480)
+    logs = three_nodes.job_logs(sid)
+    assert info["status"] == "SUCCEEDED", info["message"] + logs[-4000:]
+    parent, children = child_runs(site, parent_run_of(sid, site))
+    assert len(children) == n_trials and all(c.info.status == "FINISHED" for c in children)
+    on_new = [c.info.run_name for c in children if c.data.tags.get("ray.node_id") == new_node]
+    assert on_new, ("no trial ran on the added node", new_node, [
+        (c.info.run_name, c.data.tags.get("ray.node_id"), c.info.start_time) for c in children])
+    print(f"{new_label} added; trials on it: {sorted(on_new)}")
