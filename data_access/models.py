@@ -75,6 +75,9 @@ class TuningStudy(models.Model):
     mlflow_experiment_id = models.CharField(max_length=64, blank=True)
     mlflow_parent_run_id = models.CharField(max_length=64, blank=True)
     ray_job_id = models.CharField(max_length=200, blank=True)
+    experiment_path = models.CharField(
+        max_length=1000, blank=True,
+        help_text="Tune's experiment folder or URI: `launch.py --resume` continues it.")
     best_value = models.FloatField(null=True, blank=True)
     best_params = models.JSONField(null=True, blank=True)
     best_trial_number = models.IntegerField(null=True, blank=True)

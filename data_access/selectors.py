@@ -101,6 +101,7 @@ class StudyInfo:
     process_start: str = ""
     run_dir: str = ""
     cancel_requested_at: datetime | None = None
+    experiment_path: str = ""   # Tune's experiment, for `launch.py --resume`
 
     @property
     def is_active(self) -> bool:
@@ -223,6 +224,7 @@ def _study_info(study: TuningStudy) -> StudyInfo:
         process_start=study.process_start,
         run_dir=study.run_dir,
         cancel_requested_at=study.cancel_requested_at,
+        experiment_path=study.experiment_path,
     )
 
 

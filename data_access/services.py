@@ -334,6 +334,7 @@ def _start_fields(event: StudyStart) -> dict[str, Any]:
         mlflow_experiment_id=event.mlflow_experiment_id or "",
         mlflow_parent_run_id=event.mlflow_parent_run_id or "",
         ray_job_id=event.ray_job_id or "",
+        experiment_path=event.experiment_path or "",
         started_at=_aware(event.started_at),
     )
 
@@ -496,6 +497,18 @@ def study_set_launched(*, study_id: int, process_id: int | None = None,
     if ray_job_id:
         fields["ray_job_id"] = ray_job_id
     TuningStudy.objects.filter(pk=study_id).update(**fields)
+
+
+def study_prepare_resume(*, study_id: int, launcher: str) -> bool:
+    """Reopen an ended (killed or failed) study for `launch.py --resume`: pending again,
+    run by `launcher`; its trials and results stay. False when it is not ended that way."""
+    if launcher not in (TuningStudy.Launcher.LOCAL, TuningStudy.Launcher.RAY_JOB):
+        raise ValueError(f"launcher must be local or ray, got {launcher!r}")
+    updated = TuningStudy.objects.filter(
+        pk=study_id, status__in=(TuningStudy.Status.KILLED, TuningStudy.Status.FAILED),
+    ).update(status=TuningStudy.Status.PENDING, launcher=launcher, process_id=None,
+             process_start="", cancel_requested_at=None, error="", ended_at=None)
+    return bool(updated)
 
 
 def study_request_cancel(*, study_id: int) -> bool:

@@ -13,6 +13,10 @@ import sys
 from pathlib import Path
 
 JA = {
+    "Resume study": "スタディを再開",
+    "Resume": "再開",
+    "Resumed: finished trials are kept, the others continue from their last checkpoints.":
+        "再開しました。終了した試行はそのまま、残りの試行は最後のチェックポイントから続きます。",
     "Theme": "テーマ",
     "Start from": "初期値",
     "A folder of configs/ whose files fill this form.": "このフォームに読み込む configs/ のフォルダ。",

@@ -27,6 +27,7 @@ class StudyStart:
     resolved_config: dict[str, Any]           # JSON-safe, the four files after merging
     param_space: dict[str, dict[str, Any]]    # dotted name -> {"type", "low", ...}
     ray_job_id: str | None = None
+    experiment_path: str | None = None   # Tune's experiment: what `launch.py --resume` takes
     started_at: datetime = field(default_factory=datetime.now)
 
 

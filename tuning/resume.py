@@ -140,6 +140,23 @@ def update(info: ResumeInfo) -> None:
            json.dumps(asdict(info), indent=2).encode("utf-8"))
 
 
+def why_not_resumable(experiment_path: str) -> str | None:
+    """None when `launch.py --resume experiment_path` can be tried, else why not. Cheap
+    (one small file, no Ray import), for a UI that asks per page view; launch.py checks
+    the rest (Tune's own state) and says so if it is missing."""
+    if not experiment_path:
+        return "the study never reached Ray Tune"
+    try:
+        if not _exists(f"{experiment_path.rstrip('/')}/{RESUME_FILE}"):
+            return f"{experiment_path} holds no {RESUME_FILE}"
+        data = json.loads(_read(f"{experiment_path.rstrip('/')}/{RESUME_FILE}").decode("utf-8"))
+    except (OSError, ValueError) as exc:
+        return f"{experiment_path} cannot be read ({exc})"
+    if data.get("finished"):
+        return "the study already finished"
+    return None
+
+
 def load(path: str | Path) -> ResumeInfo:
     folder = str(path).rstrip("/")
     if not _is_uri(folder):

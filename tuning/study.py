@@ -201,7 +201,19 @@ def run_study(plan: StudyPlan, *, recorder: StudyRecorder | None = None,
     ledger = StudyLedger(metric=config.study.metric, direction=config.study.direction,
                          n_trials=config.study.n_trials)
     callback: StudyCallback | None = None
-    experiment_path = resume.experiment_path if resume is not None else None
+    # The experiment path goes into the study's record at once; the resume hint only
+    # once the experiment exists (saved below).
+    resumable = None
+    if resume is not None:
+        experiment_path = resumable = resume.experiment_path
+    else:
+        storage_path = config.infra.ray.storage_path
+        if "://" not in storage_path:
+            storage_path = str(Path(storage_path).resolve())
+        # The study name becomes a folder name: no "/" or spaces from --study-name.
+        safe_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", plan.study_name)[:80]
+        name = f"{safe_name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+        experiment_path = f"{storage_path.rstrip('/')}/{name}"
     try:
         if resume is None:
             mlflow_runs.log_params(client, parent_id, _parent_params(plan))
@@ -217,7 +229,7 @@ def run_study(plan: StudyPlan, *, recorder: StudyRecorder | None = None,
             optuna_study_name=plan.study_name, optuna_storage=plan.storage_url,
             mlflow_experiment_id=study_runs.experiment_id, mlflow_parent_run_id=parent_id,
             resolved_config=config.resolved(), param_space=describe(config.space),
-            ray_job_id=ray_job_id))
+            ray_job_id=ray_job_id, experiment_path=experiment_path))
 
         searcher = StudySearch(
             space=plan.distributions, metric=config.study.metric,
@@ -257,12 +269,6 @@ def run_study(plan: StudyPlan, *, recorder: StudyRecorder | None = None,
             resume.record_id = getattr(recorder, "study_id", None) or resume.record_id
             resume_files.update(resume)
         else:
-            storage_path = config.infra.ray.storage_path
-            if "://" not in storage_path:
-                storage_path = str(Path(storage_path).resolve())
-            # The study name becomes a folder name: no "/" or spaces from --study-name.
-            safe_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", plan.study_name)[:80]
-            name = f"{safe_name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
@@ -280,7 +286,6 @@ def run_study(plan: StudyPlan, *, recorder: StudyRecorder | None = None,
                         num_to_keep=config.infra.checkpoint.num_to_keep),
                     failure_config=tune.FailureConfig(
                         max_failures=config.infra.failure.max_failures)))
-            experiment_path = f"{storage_path.rstrip('/')}/{name}"
             resume_files.save(resume_files.ResumeInfo(
                 experiment_path=experiment_path, parent_run_id=parent_id,
                 experiment_id=study_runs.experiment_id,
@@ -291,6 +296,7 @@ def run_study(plan: StudyPlan, *, recorder: StudyRecorder | None = None,
                            "max_concurrent_trials": config.infra.max_concurrent_trials},
                 record_id=getattr(recorder, "study_id", None)),
                 {name: Path(path) for name, path in vars(config.files).items()})
+            resumable = experiment_path
         print(f"[themetune] Tune experiment {experiment_path}; if this driver dies, "
               f"continue with: {resume_files.resume_command(experiment_path)}", flush=True)
         with StopRequest() as stop:
@@ -309,7 +315,7 @@ def run_study(plan: StudyPlan, *, recorder: StudyRecorder | None = None,
         resume_files.mark_finished(experiment_path)
         return outcome
     except KeyboardInterrupt:
-        _print_resume_hint(experiment_path, "interrupted")
+        _print_resume_hint(resumable, "interrupted")
         _end_runs(callback, client, parent_id, "KILLED", "interrupted",
                   trial_reason="study interrupted")
         recorder.study_finished(StudyEnd(status="killed", best_value=None, best_params=None,
@@ -317,7 +323,7 @@ def run_study(plan: StudyPlan, *, recorder: StudyRecorder | None = None,
         raise
     except BaseException as exc:
         if not isinstance(exc, ThemetuneError) or isinstance(exc, mlflow_runs.TrackingLostError):
-            _print_resume_hint(experiment_path, "stopped by an error")
+            _print_resume_hint(resumable, "stopped by an error")
         reason = exc.one_line() if isinstance(exc, ThemetuneError) else repr(exc)
         _end_runs(callback, client, parent_id, "FAILED", reason, trial_reason="study failed")
         recorder.study_finished(StudyEnd(status="failed", best_value=None, best_params=None,

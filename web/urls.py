@@ -32,6 +32,7 @@ urlpatterns = [
     path("studies/<int:study_id>/live/", studies.study_live, name="study_live"),
     path("studies/<int:study_id>/log/", studies.study_log, name="study_log"),
     path("studies/<int:study_id>/cancel/", studies.study_cancel, name="study_cancel"),
+    path("studies/<int:study_id>/resume/", studies.study_resume, name="study_resume"),
     path("studies/<int:study_id>/best-params.yaml", studies.best_params_download,
          name="best_params_download"),
     path("studies/<int:study_id>/apply-best/", studies.best_params_apply,

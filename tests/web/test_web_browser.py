@@ -171,7 +171,7 @@ def test_a_user_tunes_a_theme_in_the_browser(browser_page, live_server, tuner, t
     # A second, longer study, cancelled while it runs: it ends killed.
     page.click("#tune-theme")
     assert "saved defaults" in page.text_content("#study-form")
-    fill_study_form(page, n_trials="20", epochs=20)
+    fill_study_form(page, n_trials="4", epochs=10)
     page.click("#launch")
     page.wait_for_selector("#live")
     second = study_id_of(page)
@@ -189,13 +189,29 @@ def test_a_user_tunes_a_theme_in_the_browser(browser_page, live_server, tuner, t
         assert time.monotonic() < deadline, "the cancelled study's process is still running"
         time.sleep(0.5)
 
+    # Resume it: the same row and MLflow parent run, killed trials go on from their
+    # checkpoints, and it runs to the end.
+    page.goto(f"{url}/studies/{second}/")
+    assert "launch.py --resume " in page.text_content("#resume-command")
+    shot(page, "12-study-resumable")
+    page.click("#resume-study")
+    page.wait_for_selector(".msg.info")
+    shot(page, "12-study-resumed")
+    wait_status(page, "completed")
+    resumed = selectors.study_get(study_id=second)
+    assert resumed.mlflow_parent_run_id == ref.mlflow_parent_run_id
+    trials = selectors.trial_list(study_id=second)
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+    assert {t.state for t in trials} == {"COMPLETE"}, [(t.number, t.state) for t in trials]
+    assert page.locator("#resume-study").count() == 0     # nothing left to resume
+
     page.click("nav.mainnav >> text=Studies")
-    shot(page, "12-studies")
+    shot(page, "13-studies")
 
     # The same pages in Japanese.
     with page.expect_navigation():
         page.select_option("#language", "ja")
     page.goto(f"{url}/studies/{first}/")
     assert "試行" in page.text_content("main")
-    shot(page, "13-study-ja")
+    shot(page, "14-study-ja")
     assert page.js_errors == []

@@ -96,7 +96,7 @@ def test_valid_form_writes_the_files_launch_py_reads(client, tuner, theme, form_
                                                      settings, monkeypatch):
     started = []
     monkeypatch.setattr("web.launch._start_local",
-                        lambda study_id, theme_id, folder: started.append((study_id, folder)))
+                        lambda study_id, folder, args: started.append((study_id, folder)))
     form_values.update(n_trials="5", study_name="web_study", scheduler="asha",
                        grace_period="1", max_concurrent_trials="1")
     response = post(client, tuner, form_values)

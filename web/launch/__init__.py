@@ -64,9 +64,10 @@ def launch_new_study(*, theme_id: int, files: StudyFiles) -> int:
     services.study_set_run_dir(study_id=study.id, run_dir=str(folder))
     try:
         if study.launcher == TuningStudy.Launcher.RAY_JOB:
-            _submit_ray_job(study.id, theme_id, folder)
+            _submit_ray_job(study.id, folder, _launch_args(theme_id, study.id, "configs"))
         else:
-            _start_local(study.id, theme_id, folder)
+            _start_local(study.id, folder,
+                         _launch_args(theme_id, study.id, str(folder / "configs")))
     except LaunchError as exc:
         services.study_mark_ended(study_id=study.id, status=TuningStudy.Status.FAILED,
                                   error=exc.one_line())
@@ -76,6 +77,55 @@ def launch_new_study(*, theme_id: int, files: StudyFiles) -> int:
 
 def _launch_args(theme_id: int, study_id: int, configs: str) -> list[str]:
     return ["--configs", configs, "--theme-id", str(theme_id), "--record-id", str(study_id)]
+
+
+def resume_command(study: StudyInfo) -> str | None:
+    """The command that continues this ended study, or None when it cannot be resumed
+    (it is running, completed, or never reached Ray Tune)."""
+    if study.is_active or study.status == TuningStudy.Status.COMPLETED:
+        return None
+    from tuning import resume as resume_files
+
+    if resume_files.why_not_resumable(study.experiment_path):
+        return None
+    return f"{resume_files.resume_command(study.experiment_path)} --record-id {study.id}"
+
+
+def resume_study(*, study_id: int) -> None:
+    """Continue a killed or failed study where it stopped: `launch.py --resume
+    <its Tune experiment> --record-id ID`, with this UI's launcher, into the same row,
+    MLflow parent run and Optuna study. Finished trials are not run again."""
+    study = selectors.study_get(study_id=study_id)
+    if study.is_active:
+        raise LaunchError(f"study {study_id} is still {study.status}.",
+                          fix="wait for it to end, or cancel it first.")
+    if study.status == TuningStudy.Status.COMPLETED:
+        raise LaunchError(f"study {study_id} already completed.",
+                          fix="start a new study instead.")
+    from tuning import resume as resume_files
+
+    reason = resume_files.why_not_resumable(study.experiment_path)
+    if reason:
+        raise LaunchError(f"study {study_id} cannot be resumed: {reason}.",
+                          fix="start a new study instead.")
+    folder = Path(study.run_dir) if study.run_dir else run_dir(study_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not study.run_dir:
+        services.study_set_run_dir(study_id=study_id, run_dir=str(folder))
+    if not services.study_prepare_resume(study_id=study_id, launcher=backend()):
+        raise LaunchError(f"study {study_id} changed meanwhile.", fix="reload the page.")
+    args = ["--resume", study.experiment_path, "--record-id", str(study_id)]
+    try:
+        if backend() == TuningStudy.Launcher.RAY_JOB:
+            configs = folder / "configs"
+            configs.mkdir(exist_ok=True)   # the resume reads the experiment's own copies
+            _submit_ray_job(study_id, folder, args)
+        else:
+            _start_local(study_id, folder, args, append_log=True)
+    except LaunchError as exc:
+        services.study_mark_ended(study_id=study_id, status=TuningStudy.Status.FAILED,
+                                  error=exc.one_line())
+        raise
 
 
 def child_database_url() -> str | None:
@@ -109,14 +159,15 @@ def _driver_env() -> dict[str, str]:
     return env
 
 
-def _start_local(study_id: int, theme_id: int, folder: Path) -> None:
+def _start_local(study_id: int, folder: Path, args: list[str], *,
+                 append_log: bool = False) -> None:
     env = {**os.environ, **_driver_env()}
     # An exported run id would hijack the study's parent run (mlflow#15713).
     env.pop("MLFLOW_RUN_ID", None)
-    command = [sys.executable, settings.THEMETUNE_LAUNCH_SCRIPT,
-               *_launch_args(theme_id, study_id, str(folder / "configs"))]
+    command = [sys.executable, settings.THEMETUNE_LAUNCH_SCRIPT, *args]
     log = folder / LOG_NAME
-    log.write_text(f"$ {shlex.join(command)}\n", encoding="utf-8")
+    with log.open("a" if append_log else "w", encoding="utf-8") as handle:
+        handle.write(f"$ {shlex.join(command)}\n")
     try:
         ref = local.start(command, cwd=settings.BASE_DIR, env=env, log_path=log)
     except (OSError, local.LocalStartError) as exc:
@@ -146,7 +197,7 @@ def _absolute_paths(config_yaml: Path, repo: Path) -> None:
     config_yaml.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
 
 
-def _submit_ray_job(study_id: int, theme_id: int, folder: Path) -> None:
+def _submit_ray_job(study_id: int, folder: Path, args: list[str]) -> None:
     address = settings.THEMETUNE_RAY_JOB_ADDRESS
     repo = Path(settings.BASE_DIR)
     script = Path(settings.THEMETUNE_LAUNCH_SCRIPT)
@@ -156,8 +207,7 @@ def _submit_ray_job(study_id: int, theme_id: int, folder: Path) -> None:
     env = _driver_env()
     if os.environ.get("MLFLOW_TRACKING_URI"):
         env["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"]
-    entrypoint = shlex.join(["python", script.name,
-                             *_launch_args(theme_id, study_id, "configs")])
+    entrypoint = shlex.join(["python", script.name, *args])
     try:
         job_id = ray_jobs.submit(
             address=address, entrypoint=entrypoint, working_dir=job_dir, env_vars=env,

@@ -49,6 +49,7 @@ def study_detail(request, study_id: int):
     study = _study(study_id)
     context = _live_context(study)
     context["plot_kinds"] = _plot_links()
+    context["resume_command"] = launch.resume_command(study)
     return render(request, "web/study_detail.html", context)
 
 
@@ -59,6 +60,19 @@ def study_live(request, study_id: int):
     response = render(request, "web/_study_live.html", _live_context(study))
     response["X-Study-Active"] = "1" if study.is_active else "0"
     return response
+
+
+@permission_required(LAUNCH_PERMISSION, raise_exception=True)
+@require_POST
+def study_resume(request, study_id: int):
+    _study(study_id)
+    try:
+        launch.resume_study(study_id=study_id)
+        messages.info(request, _("Resumed: finished trials are kept, the others continue "
+                                 "from their last checkpoints."))
+    except launch.LaunchError as exc:
+        messages.error(request, exc.one_line())
+    return redirect("study_detail", study_id=study_id)
 
 
 @require_GET
