@@ -203,7 +203,8 @@ def _submit_ray_job(study_id: int, folder: Path, args: list[str]) -> None:
     script = Path(settings.THEMETUNE_LAUNCH_SCRIPT)
     job_dir = ray_jobs.stage_working_dir(repo=repo, configs=folder / "configs",
                                          job_dir=folder / "job", entry_point=script)
-    _absolute_paths(job_dir / "configs" / "config.yaml", repo)
+    if (job_dir / "configs" / "config.yaml").is_file():   # a resume reads its own copies
+        _absolute_paths(job_dir / "configs" / "config.yaml", repo)
     env = _driver_env()
     if os.environ.get("MLFLOW_TRACKING_URI"):
         env["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"]
