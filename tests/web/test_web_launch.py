@@ -140,3 +140,33 @@ def test_a_study_started_from_the_command_line_is_not_cancelled_here(theme, make
         launch.cancel_study(study_id=study_id)
     study = selectors.study_get(study_id=study_id)
     assert study.status == "running" and study.cancel_requested_at is None
+
+
+def test_resume_refuses_what_cannot_be_resumed(theme, tmp_path):
+    """Only a killed or failed study whose Tune experiment is there and unfinished has a
+    resume; the rest are refused with the reason, and the row is left as it was.
+    (A real resume, launched and run to the end, is in test_web_browser.py.)"""
+    import json
+
+    from tuning.resume import RESUME_FILE
+
+    study = TuningStudy.objects.create(
+        theme=theme, name="r", status="completed", direction="maximize", metric="test_acc",
+        n_trials=1, optuna_study_name="r", launcher="local")
+    experiment = tmp_path / "exp"
+    cases = [("completed", "", "already completed"),
+             ("running", "", "is still running"),
+             ("killed", "", "never reached Ray Tune"),
+             ("killed", str(tmp_path / "nowhere"), "holds no themetune_resume.json"),
+             ("failed", str(experiment), "already finished")]
+    experiment.mkdir()
+    (experiment / RESUME_FILE).write_text(json.dumps({"finished": True}))
+    for status, path, reason in cases:
+        TuningStudy.objects.filter(pk=study.id).update(status=status, experiment_path=path)
+        assert launch.resume_command(selectors.study_get(study_id=study.id)) is None
+        with pytest.raises(launch.LaunchError, match=reason):
+            launch.resume_study(study_id=study.id)
+        assert TuningStudy.objects.get(pk=study.id).status == status
+    (experiment / RESUME_FILE).write_text(json.dumps({"finished": False}))
+    assert launch.resume_command(selectors.study_get(study_id=study.id)) == \
+        f"python launch.py --resume {experiment} --record-id {study.id}"
