@@ -29,10 +29,11 @@ class ModelLogger:
         # on S3): read it through the filesystem of ray.storage_path, as Tune wrote it.
         import torch
 
+        from tuning.cluster import is_remote_storage
         from tuning.trainable import CHECKPOINT_FILE, load_state_dict
 
         storage = self.plan.config.infra.ray.storage_path
-        if "://" not in storage or storage.startswith("file://"):
+        if not is_remote_storage(storage):
             return load_state_dict(Path(fs_path))
         import pyarrow.fs
 

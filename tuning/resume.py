@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuning.cluster import is_remote_storage
 from tuning.errors import ThemetuneError
 
 RESUME_FILE = "themetune_resume.json"
@@ -89,8 +90,7 @@ def absolute_url(url: str | None) -> str | None:
 # Tune's storage may be a local or NFS folder or a URI (s3://, gs://): the files go
 # through pyarrow's filesystems, as Tune's own do.
 
-def _is_uri(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
+_is_uri = is_remote_storage
 
 
 def _fs(path: str):

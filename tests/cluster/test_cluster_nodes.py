@@ -36,8 +36,9 @@ def three_nodes():
         yield cluster
 
 
-def raylet_pid(node_id: str) -> int:
-    """The pid of the raylet that runs the Ray node `node_id` (it is in its argv)."""
+def raylets():
+    """(pid, argv) of every raylet on this machine; its argv names its node id and the
+    node's temp dir."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -45,8 +46,15 @@ def raylet_pid(node_id: str) -> int:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if argv[0].endswith(b"/raylet") and f"--node_id={node_id}".encode() in argv:
-            return int(entry.name)
+        if argv[0].endswith(b"/raylet"):
+            yield int(entry.name), argv
+
+
+def raylet_pid(node_id: str) -> int:
+    """The pid of the raylet that runs the Ray node `node_id`."""
+    for pid, argv in raylets():
+        if f"--node_id={node_id}".encode() in argv:
+            return pid
     raise AssertionError(f"no raylet process for node {node_id}")
 
 
@@ -132,20 +140,11 @@ def test_killed_worker_node_trial_resumes_on_the_survivor(three_nodes, site, tmp
 
 
 def node_id_of(state: Path, label: str) -> str:
-    """The Ray node id of the node cluster/local.sh started as `label` (from its raylet's
-    argv, which names the node's temp dir and its id)."""
-    folder = f"/nodes/{label}/".encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv[0].endswith(b"/raylet") and any(folder in a and str(state).encode() in a
-                                                for a in argv):
-            ids = [a for a in argv if a.startswith(b"--node_id=")]
-            return ids[0].split(b"=", 1)[1].decode()
+    """The Ray node id of the node cluster/local.sh started as `label`."""
+    folder = f"{state}/nodes/{label}/".encode()
+    for _, argv in raylets():
+        if any(folder in a for a in argv):
+            return next(a for a in argv if a.startswith(b"--node_id=")).split(b"=", 1)[1].decode()
     raise AssertionError(f"no raylet for {label}")
 
 

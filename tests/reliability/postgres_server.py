@@ -16,7 +16,8 @@ def _bin(name: str) -> str:
     found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) or \
         [p for p in [shutil.which(name)] if p]
     if not found:
-        raise RuntimeError(f"no PostgreSQL {name}: run `make postgres` (apt-get install postgresql)")
+        raise RuntimeError(f"no PostgreSQL {name}: run `make postgres` "
+                           "(apt-get install postgresql)")
     return found[-1]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
@@ -41,16 +42,31 @@ class Driver:
         raise AssertionError("launch.py never printed the awaited line:\n"
                              + "".join(self.lines[-60:]))
 
+    def wait(self, timeout: float) -> int:
+        """Wait for the driver to exit; its remaining output joins `lines`."""
+        self.proc.wait(timeout=timeout)
+        self.lines.extend(self.proc.stdout.read().splitlines(keepends=True))
+        return self.proc.returncode
+
     def kill(self) -> None:
         """SIGKILL the driver only, as a crash would: no handler, no cleanup."""
         self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=60)
-        self.lines.extend(self.proc.stdout.read().splitlines(keepends=True))
+        self.wait(timeout=60)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
 
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=60)
+
+
+def trials_done(line: str) -> int | None:
+    """N of a progress line "[themetune] trials N/M done", else None."""
+    match = re.search(r"\[themetune\] trials (\d+)/\d+ done", line)
+    return int(match.group(1)) if match else None
 
 
 def free_port() -> int:

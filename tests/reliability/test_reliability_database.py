@@ -62,11 +62,10 @@ def test_reliability_postgres_down_mid_study_loses_no_record(digits_folder, tmp_
                             and "refused a write" in line, timeout=120)
             time.sleep(5)   # more events queue up behind the first
             server.start()
-            driver.proc.wait(timeout=400)
-            driver.lines.extend(driver.proc.stdout.read().splitlines(keepends=True))
+            driver.wait(timeout=400)
         finally:
             driver.close()
-        output = "".join(driver.lines)
+        output = driver.output
         assert driver.proc.returncode == 0, output[-4000:]
         assert "were not written" not in output
         assert f"trials {n_trials}/{n_trials} done" in output

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import signal
 import sqlite3
@@ -13,7 +12,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.reliability.reliability_helpers import Driver, run_launch
+from tests.reliability.reliability_helpers import Driver, run_launch, trials_done
 from tests.conftest import tiny_config_files
 from tuning.resume import RESUME_FILE
 
@@ -24,11 +23,6 @@ def _children(client: MlflowClient, parent_id: str):
     experiment_id = client.get_run(parent_id).info.experiment_id
     return client.search_runs([experiment_id],
                               filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
-
-
-def _done(line: str) -> int | None:
-    match = re.search(r"\[themetune\] trials (\d+)/\d+ done", line)
-    return int(match.group(1)) if match else None
 
 
 def test_reliability_stopped_then_killed_driver_resumes_to_the_end(site, tmp_path):
@@ -45,14 +39,13 @@ def test_reliability_stopped_then_killed_driver_resumes_to_the_end(site, tmp_pat
                    configs, "--storage", storage, "--study-name", "crashy")
     try:
         started = first.wait_for(lambda line: "continue with: " in line, timeout=300)
-        line = first.wait_for(lambda line: (_done(line) or 0) >= 1, timeout=400)
-        done_before = _done(line)
+        line = first.wait_for(lambda line: (trials_done(line) or 0) >= 1, timeout=400)
+        done_before = trials_done(line)
         first.proc.send_signal(signal.SIGINT)
-        first.proc.wait(timeout=180)
-        first.lines.extend(first.proc.stdout.read().splitlines(keepends=True))
+        first.wait(timeout=180)
     finally:
         first.close()
-    output = "".join(first.lines)
+    output = first.output
     assert first.proc.returncode == 130, output[-3000:]
     resume_cmd = started.split("continue with: ")[1].strip()
     assert f"continue it with: {resume_cmd}" in output
@@ -64,7 +57,8 @@ def test_reliability_stopped_then_killed_driver_resumes_to_the_end(site, tmp_pat
     # 2. Resume, then kill the resumed driver outright once it has made progress.
     second = Driver(site["env"], tmp_path, *shlex.split(resume_cmd)[2:])
     try:
-        second.wait_for(lambda line: done_before < (_done(line) or 0) < n_trials, timeout=400)
+        second.wait_for(lambda line: done_before < (trials_done(line) or 0) < n_trials,
+                        timeout=400)
         second.kill()
     finally:
         second.close()

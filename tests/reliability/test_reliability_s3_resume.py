@@ -5,7 +5,6 @@ moto's server (a real HTTP server that pyarrow, Tune and boto3 talk to as to AWS
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import tiny_config_files
-from tests.reliability.reliability_helpers import Driver, free_port, run_launch
+from tests.reliability.reliability_helpers import Driver, free_port, run_launch, trials_done
 from tuning.resume import RESUME_FILE
 
 pytestmark = pytest.mark.ray
@@ -57,11 +56,6 @@ def s3(tmp_path):
         server.wait(timeout=30)
 
 
-def _done(line: str) -> int | None:
-    match = re.search(r"\[themetune\] trials (\d+)/\d+ done", line)
-    return int(match.group(1)) if match else None
-
-
 def test_reliability_killed_driver_resumes_from_s3(site, s3, tmp_path):
     n_trials = 4
     configs = tiny_config_files(
@@ -76,7 +70,7 @@ def test_reliability_killed_driver_resumes_from_s3(site, s3, tmp_path):
     driver = Driver(env, tmp_path, "--theme-id", site["theme_id"], "--configs", configs)
     try:
         started = driver.wait_for(lambda line: "continue with: " in line, timeout=300)
-        driver.wait_for(lambda line: 1 <= (_done(line) or 0) < n_trials, timeout=400)
+        driver.wait_for(lambda line: 1 <= (trials_done(line) or 0) < n_trials, timeout=400)
         driver.kill()
     finally:
         driver.close()

@@ -112,11 +112,12 @@ def resume_study(*, study_id: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     if not study.run_dir:
         services.study_set_run_dir(study_id=study_id, run_dir=str(folder))
-    if not services.study_prepare_resume(study_id=study_id, launcher=backend()):
+    launcher = backend()
+    if not services.study_prepare_resume(study_id=study_id, launcher=launcher):
         raise LaunchError(f"study {study_id} changed meanwhile.", fix="reload the page.")
     args = ["--resume", study.experiment_path, "--record-id", str(study_id)]
     try:
-        if backend() == TuningStudy.Launcher.RAY_JOB:
+        if launcher == TuningStudy.Launcher.RAY_JOB:
             configs = folder / "configs"
             configs.mkdir(exist_ok=True)   # the resume reads the experiment's own copies
             _submit_ray_job(study_id, folder, args)
