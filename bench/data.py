@@ -132,7 +132,8 @@ def first_batch_probe(config: dict[str, Any], *, data, settings) -> None:
     import tempfile
 
     with tempfile.TemporaryDirectory() as folder:
-        tt.save_checkpoint(Path(folder), box["model"], _NoOptimizer(), 1)
+        tt.save_checkpoint(Path(folder), box["model"], _NoOptimizer(), 1,
+                           mean=tt.torch.zeros(1), std=tt.torch.ones(1))
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 

@@ -158,7 +158,7 @@ def epoch_extras(valid, mean, std, *, device, model_name, num_classes, in_channe
         eval_s.append(time.perf_counter() - t0)
         with tempfile.TemporaryDirectory() as folder:
             t0 = time.perf_counter()
-            save_checkpoint(Path(folder), model, opt, 1)
+            save_checkpoint(Path(folder), model, opt, 1, mean=mean, std=std)
             save_s.append(time.perf_counter() - t0)
             size = sum(p.stat().st_size for p in Path(folder).iterdir())
     return {"evaluate_valid_s": median(eval_s), "valid_images": len(valid),

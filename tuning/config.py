@@ -198,3 +198,8 @@ def load_study_config(files: ConfigFiles, overrides: Overrides = Overrides()) ->
                        infra=infra, augments=augments, theme_id=params.data.theme_id,
                        raw={"optuna_params": raw_optuna, "params": raw_params,
                             "config": raw_infra, "augments": raw_augments})
+
+
+def load_infra_config(path: Path) -> InfraConfig:
+    """config.yaml alone, validated as a study would (predict.py reads its MLflow store)."""
+    return _validate(InfraConfig, read_yaml(path), file=str(path))

@@ -27,8 +27,10 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
+from theme_classifier.preprocess import (HISTOGRAM_EQUALIZATION, cut_patches, decode,
+                                         equalize)
 from tuning.errors import ConfigError, DataError
 from tuning.theme import ThemeSpec
 
@@ -36,7 +38,6 @@ from tuning.theme import ThemeSpec
 FORMAT_VERSION = 1
 
 SPLIT_NAMES = ("train", "valid", "test")
-HISTOGRAM_EQUALIZATION = "histogram_equalization"
 _MAX_LISTED = 5
 # Themes shorter than this decode in a blink: reporting progress would be noise.
 _PROGRESS_MIN_IMAGES = 200
@@ -256,7 +257,7 @@ def _decode_all(paths: list[str], settings: PreprocessSettings, report: Progress
     n, s = len(paths), settings.image_size
     images = np.zeros((n, settings.channels, s, s), dtype=np.uint8)
     reasons: list[str | None] = [None] * n
-    # Chunks of at most _CHUNK_PIXELS values bound the int64 temporaries of _equalize.
+    # Chunks of at most _CHUNK_PIXELS values bound the int64 temporaries of equalize.
     per_chunk = max(1, min(_CHUNK, _CHUNK_PIXELS // (settings.channels * s * s)))
     chunks = [range(i, min(i + per_chunk, n)) for i in range(0, n, per_chunk)]
     verbose = n >= _PROGRESS_MIN_IMAGES
@@ -288,60 +289,14 @@ def _decode_chunk(paths: list[str], settings: PreprocessSettings):
     reasons: list[str | None] = [None] * len(paths)
     for i, path in enumerate(paths):
         try:
-            out[i] = _decode(path, settings)
+            out[i] = decode(path, size=settings.image_size, channels=settings.channels)
         except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
             # PIL signals a broken or non-image file with any of these; the caller lists
             # them all at once instead of failing on the first.
             reasons[i] = f"{type(e).__name__}: {e}".splitlines()[0][:200]
     if settings.brightness == HISTOGRAM_EQUALIZATION:
-        out = _equalize(out)
+        out = equalize(out)
     return out, reasons
-
-
-def _decode(path: str, settings: PreprocessSettings) -> np.ndarray:
-    """One file -> uint8 (C, S, S)."""
-    s = settings.image_size
-    with Image.open(path) as im:
-        # JPEG can decode straight at 1/2..1/8 scale: big photos cost a fraction to read.
-        im.draft(None, (s, s))
-        im = ImageOps.exif_transpose(im)
-        im = _to_mode(im, "L" if settings.channels == 1 else "RGB")
-    im = im.resize((s, s), Image.Resampling.BILINEAR)
-    arr = np.asarray(im, dtype=np.uint8)
-    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-
-
-def _equalize(images: np.ndarray) -> np.ndarray:
-    """Histogram equalization per image and channel, with OpenCV's equalizeHist formula.
-
-    Not PIL's ImageOps.equalize: its step is pixels // 255, which is 0 for images under
-    about 256 pixels, and then it returns the image unchanged (a 16 x 16 image, say).
-    Done on a chunk of images at once: a Python loop per image cost more than the decode.
-    """
-    n, c, h, w = images.shape
-    flat = images.reshape(n * c, h * w)
-    rows = np.arange(n * c)[:, None]
-    hist = np.bincount((rows * 256 + flat).ravel(), minlength=n * c * 256).reshape(n * c, 256)
-    cdf = hist.cumsum(axis=1)
-    lowest = np.take_along_axis(cdf, (hist > 0).argmax(axis=1)[:, None], axis=1)
-    spread = cdf[:, -1:] - lowest
-    # A band of one grey level has nothing to spread: it keeps its values.
-    lut = np.where(spread > 0, np.round((cdf - lowest) * 255.0 / np.maximum(spread, 1)),
-                   np.arange(256))
-    return np.take_along_axis(lut.astype(np.uint8), flat, axis=1).reshape(n, c, h, w)
-
-
-def _to_mode(im: Image.Image, mode: str) -> Image.Image:
-    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        # convert("L") clips 16-bit values at 255, turning most of such an image white;
-        # keeping the high byte maps the 16-bit range onto 0..255 the same way for every image.
-        arr = np.asarray(im).astype(np.int64).clip(0, 65535) >> 8
-        im = Image.fromarray(arr.astype(np.uint8), "L")
-    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info:
-        # Transparent pixels become black rather than whatever colour hides under alpha 0.
-        rgba = im.convert("RGBA")
-        im = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
-    return im.convert(mode) if im.mode != mode else im
 
 
 # --- splitting --------------------------------------------------------------------------
@@ -397,10 +352,7 @@ def _build_splits(images, labels, assignment, settings) -> dict[str, np.ndarray]
         sources = np.flatnonzero(assignment == index)
         split_images = images[sources]
         if settings.patch_size is not None:
-            p, stride = settings.patch_size, settings.stride
-            windows = np.lib.stride_tricks.sliding_window_view(split_images, (p, p), axis=(2, 3))
-            windows = windows[:, :, ::stride, ::stride]   # (N, C, rows, cols, p, p)
-            split_images = windows.transpose(0, 2, 3, 1, 4, 5).reshape(-1, images.shape[1], p, p)
+            split_images = cut_patches(split_images, settings.patch_size, settings.stride)
             sources = np.repeat(sources, settings.patches_per_image)
         arrays[f"{name}_images"] = np.ascontiguousarray(split_images)
         arrays[f"{name}_labels"] = labels[sources]

@@ -148,6 +148,11 @@ class RetryingClient:
         return functools.partial(call, attr) if callable(attr) else attr
 
 
+def client() -> RetryingClient:
+    """A retrying client for the tracking URI a study set (open_study_runs)."""
+    return RetryingClient(MlflowClient())
+
+
 def _client(tracking_uri: str) -> RetryingClient:
     for name, value in _MLFLOW_RETRY_DEFAULTS.items():
         os.environ.setdefault(name, value)
@@ -284,29 +289,66 @@ def log_yaml(client: MlflowClient, run_id: str, data: Any, artifact_file: str) -
              artifact_file)
 
 
-def log_torch_model(run_id: str, model, *, name: str) -> str:
-    """Log a model with the pytorch flavour; returns the model URI to register."""
-    return call(_log_torch_model, run_id, model, name=name)
+CHAMPION = "champion"
+# Version tags that say what a version's value means, so that a later study only moves
+# the alias when its value beats the champion's on the same metric and direction.
+METRIC_TAG, DIRECTION_TAG, VALUE_TAG = "themetune.metric", "themetune.direction", "themetune.value"
 
 
-def _log_torch_model(run_id: str, model, *, name: str) -> str:
-    import mlflow.pytorch
-
-    # MLflow warns on every pickle-format save; the format is chosen on purpose above.
-    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
-    with mlflow.start_run(run_id=run_id, nested=True):
-        # pickle, not MLflow 3's pt2 default, which needs an input example; explicit
-        # requirements skip MLflow's inference, which re-imports the model in a subprocess.
-        info = mlflow.pytorch.log_model(model.cpu(), name=name, serialization_format="pickle",
-                                        pip_requirements=["torch", "torchvision"])
-    return info.model_uri
+@dataclass
+class Registration:
+    model_name: str
+    version: str
+    champion_version: str        # the version the alias points at after this study
+    moved: bool                  # True when this study's version became the champion
+    reason: str                  # why the alias moved or stayed, for the study's output
 
 
 def register_best(client: MlflowClient, *, model_uri: str, model_name: str,
-                  parent_run_id: str, best_run_id: str) -> str:
+                  tags: dict[str, str], description: str, metric: str, direction: str,
+                  value: float) -> Registration:
+    """Register the best model as a new version; move `champion` to it only when no
+    champion exists or this value beats the champion's on the same metric and direction."""
     version = call(mlflow.register_model, model_uri, model_name, await_registration_for=60,
-                   tags={"parent_run_id": parent_run_id, "best_run_id": best_run_id})
-    return str(version.version)
+                   tags={**tags, METRIC_TAG: metric, DIRECTION_TAG: direction,
+                         VALUE_TAG: repr(float(value))})
+    number = str(version.version)
+    client.update_model_version(model_name, number, description=description)
+    client.update_registered_model(model_name, description=description)
+    current = _champion(client, model_name)
+    moved, reason = _beats(current, metric=metric, direction=direction, value=value)
+    if moved:
+        client.set_registered_model_alias(model_name, CHAMPION, number)
+    return Registration(model_name=model_name, version=number,
+                        champion_version=number if moved else str(current.version),
+                        moved=moved, reason=reason)
+
+
+def _champion(client: MlflowClient, model_name: str):
+    try:
+        return client.get_model_version_by_alias(model_name, CHAMPION)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST" and "not found" not in str(exc).lower():
+            raise
+        return None
+
+
+def _beats(current, *, metric: str, direction: str, value: float) -> tuple[bool, str]:
+    if current is None:
+        return True, "no champion yet"
+    tags = current.tags or {}
+    if tags.get(METRIC_TAG) != metric or tags.get(DIRECTION_TAG) != direction:
+        return False, (f"champion version {current.version} was chosen on "
+                       f"{tags.get(DIRECTION_TAG, '?')} {tags.get(METRIC_TAG, '?')}, this "
+                       f"study on {direction} {metric}: not comparable, alias left in place")
+    try:
+        theirs = float(tags[VALUE_TAG])
+    except (KeyError, ValueError):
+        return True, f"champion version {current.version} records no value"
+    better = value > theirs if direction == "maximize" else value < theirs
+    verdict = "beats" if better else "does not beat"
+    return better, (f"{metric} {value:.4f} {verdict} champion version {current.version}'s "
+                    f"{theirs:.4f}" + ("" if better else ": alias left in place"))
 
 
 def end_run(client: MlflowClient, run_id: str, status: str) -> None:

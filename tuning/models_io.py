@@ -1,28 +1,31 @@
-"""Trial models from their checkpoints into MLflow: the child run's copy and the best."""
+"""Trial models from their checkpoints into MLflow: the child run's copy and the best.
+
+Each is logged as the pyfunc of theme_classifier (tuning.model_package): raw images in,
+class names out, with the study's preprocessing and the trial's normalization inside.
+"""
 
 from __future__ import annotations
 
 import io
-import logging
 from pathlib import Path
 
-from tuning import mlflow_runs
+from theme_classifier.preprocess import Preprocessing
+from tuning import mlflow_runs, model_package
 from tuning.ledger import TrialRecord
-from tuning.model import build_model
-
-log = logging.getLogger("themetune")
 
 
 class ModelLogger:
-    def __init__(self, *, plan):
+    def __init__(self, *, plan, preprocess):
         self.plan = plan
+        self.preprocess = preprocess   # the study's data.PreprocessSettings
 
-    def load(self, record: TrialRecord):
+    def package(self, record: TrialRecord):
+        """The trial's network weights, its params and the preprocessing to ship."""
         params = self.plan.config.trial_params(record.params)
-        model = build_model(params.model.name, num_classes=self.plan.theme.num_classes,
-                            in_channels=params.data.channels)
-        model.load_state_dict(self._checkpoint_state(record.checkpoint_path)["model"])
-        return model.eval(), params
+        state = self._checkpoint_state(record.checkpoint_path)
+        mean, std = model_package.checkpoint_stats(state, self.plan.data.train.images)
+        preprocessing = model_package.preprocessing_of(self.preprocess, mean=mean, std=std)
+        return state["model"], params, preprocessing
 
     def _checkpoint_state(self, fs_path: str) -> dict:
         # Tune gives a checkpoint's path on the storage's own filesystem ("bucket/key"
@@ -42,31 +45,38 @@ class ModelLogger:
             data = f.readall()
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
+    def _log(self, run_id: str, record: TrialRecord, *, name: str) -> tuple[str, Preprocessing]:
+        network, params, preprocessing = self.package(record)
+        uri = model_package.log_classifier(
+            run_id, name=name, network_state=network, architecture=params.model.name,
+            class_names=self.plan.theme.class_names, preprocessing=preprocessing,
+            example_image=self._example_image())
+        return uri, preprocessing
+
+    def _example_image(self) -> str:
+        data = self.plan.data
+        source = int((data.test.sources if len(data.test) else data.train.sources)[0])
+        return self.plan.theme.samples[source].path
+
     def log_trial_model(self, record: TrialRecord) -> None:
         """Log a finished trial's model into its child run, with the config it ran with."""
         if record.checkpoint_path is None or record.model_uri is not None:
             return
-        model, params = self.load(record)
-        record.model_uri = mlflow_runs.log_torch_model(record.child_run_id, model,
-                                                       name=mlflow_runs.MODEL_ARTIFACT)
-        mlflow_runs.log_yaml(self._client(), record.child_run_id, params.model_dump(),
+        record.model_uri, _ = self._log(record.child_run_id, record,
+                                        name=mlflow_runs.MODEL_ARTIFACT)
+        params = self.plan.config.trial_params(record.params)
+        mlflow_runs.log_yaml(mlflow_runs.client(), record.child_run_id, params.model_dump(),
                              "trial_config.yaml")
 
-    def log_best(self, best: TrialRecord, *, parent_run_id: str) -> str:
-        """Copy the best model to the parent run; return the URI to register.
+    def log_best(self, best: TrialRecord, *, parent_run_id: str) -> tuple[str, Preprocessing]:
+        """Copy the best model to the parent run; return the URI to register and the
+        preprocessing it ships with.
 
         The registered version points at the best trial's own model when it was
         logged (log_models all or best), else at the parent run's copy.
         """
         if self.plan.config.infra.mlflow.log_models == "best":
             self.log_trial_model(best)
-        model, _ = self.load(best)
-        parent_uri = mlflow_runs.log_torch_model(parent_run_id, model,
-                                                 name=mlflow_runs.BEST_MODEL_ARTIFACT)
-        return best.model_uri or parent_uri
-
-    @staticmethod
-    def _client():
-        from mlflow.tracking import MlflowClient
-
-        return MlflowClient()
+        parent_uri, preprocessing = self._log(parent_run_id, best,
+                                              name=mlflow_runs.BEST_MODEL_ARTIFACT)
+        return best.model_uri or parent_uri, preprocessing

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 from tuning.search_space import format_space
 
 
@@ -35,5 +37,17 @@ def print_outcome(plan, outcome) -> None:
     print(f"best params:     {outcome.best_params}")
     print(f"best run:        {outcome.best_run_id}")
     print(f"registered:      {outcome.model_name} version {outcome.model_version}")
+    registration = outcome.registration
+    if registration is not None:
+        print(f"champion:        version {registration.champion_version} "
+              f"({registration.reason})")
+        print(f"champion URI:    {champion_uri(registration.model_name)}")
+        example = plan.theme.samples[0].path if plan.theme.samples else "IMAGE"
+        print(f"try it:          python predict.py --model "
+              f"{champion_uri(registration.model_name)} {shlex.quote(example)}")
     counts = ", ".join(f"{v} {k.lower()}" for k, v in outcome.counts.items() if v)
     print(f"trials:          {counts}")
+
+
+def champion_uri(model_name: str) -> str:
+    return f"models:/{model_name}@champion"

@@ -1,0 +1,178 @@
+"""Label image files with a tuned model: one line per image (path, label, probability).
+
+    python predict.py --model models:/digits_demo_model@champion photo.png folder/
+    python predict.py --theme-id 7 folder/ --csv labels.csv
+
+Only MLflow loads the model; the preprocessing it was trained with travels inside it.
+An unreadable file is named on stderr, the others are still labelled, and the exit
+code is 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from pathlib import Path
+
+from tuning.errors import ThemetuneError
+
+REPO = Path(__file__).resolve().parent
+DEFAULT_CONFIG = REPO / "configs" / "config.yaml"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+# Files per predict call: bounds memory for folders of large photos.
+BATCH = 64
+
+
+class PredictError(ThemetuneError):
+    """The model or the paths to label cannot be used."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="predict.py", description=__doc__.split("\n")[0])
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                   help="image files, or folders to search for them (recursively)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", metavar="URI",
+                        help="an MLflow model URI, e.g. models:/NAME@champion or runs:/ID/model")
+    source.add_argument("--theme-id", type=int,
+                        help="use this theme's champion, models:/<theme name>_model@champion")
+    p.add_argument("--csv", type=Path, metavar="FILE",
+                   help="also write path, label, probability and every class's "
+                        "probability to this CSV file")
+    p.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else "
+                                          "mlflow.tracking_uri of configs/config.yaml)")
+    return p.parse_args(argv)
+
+
+def tracking_uri(given: str | None) -> str:
+    if given:
+        return given
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    from tuning.config import load_infra_config
+
+    return load_infra_config(DEFAULT_CONFIG).mlflow.tracking_uri
+
+
+def champion_of_theme(theme_id: int) -> str:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "web.settings")
+    import django
+
+    django.setup()
+    from data_access.selectors import theme_get
+    from tuning.report import champion_uri
+
+    return champion_uri(f"{theme_get(theme_id=theme_id).name}_model")
+
+
+def image_files(paths: list[Path]) -> tuple[list[Path], list[str]]:
+    """The files to label, in the order given (folders sorted), and the paths that are
+    neither a file nor a folder."""
+    files, missing = [], []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(f for f in path.rglob("*")
+                                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.is_file():
+            files.append(path)
+        else:
+            missing.append(f"{path}: no such file or folder")
+    return files, missing
+
+
+def load_model(uri: str, store: str):
+    import mlflow
+    import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
+
+    if store.startswith("sqlite:///") and not Path(store[len("sqlite:///"):]).is_file():
+        # Opening a missing SQLite store would create an empty one, and then say the
+        # model is not there: the store is what is wrong.
+        raise PredictError(f"no MLflow store at {store}.", key="--tracking-uri",
+                           fix="run predict.py where the study ran, or point "
+                               "--tracking-uri / MLFLOW_TRACKING_URI at its store.")
+    mlflow.set_tracking_uri(store)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    try:
+        return mlflow.pyfunc.load_model(uri)
+    except (MlflowException, OSError) as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise PredictError(f"cannot load model {uri} from MLflow store {store} ({first}).",
+                           key="--model", fix="check the URI (e.g. models:/NAME@champion) "
+                           "and --tracking-uri / MLFLOW_TRACKING_URI.") from None
+
+
+def predict_files(model, files: list[Path]):
+    """Yield (path, row or None, error or None) per file, batch by batch."""
+    import pandas as pd
+    from theme_classifier.pyfunc import UnreadableImageError
+
+    for start in range(0, len(files), BATCH):
+        batch = files[start:start + BATCH]
+        cells, readable = [], []
+        for path in batch:
+            try:
+                cells.append(path.read_bytes())
+                readable.append(path)
+            except OSError as exc:
+                yield path, None, f"cannot read ({exc.strerror or exc})"
+        try:
+            frame = model.predict(pd.DataFrame({"image": cells}))
+        except UnreadableImageError:
+            # Find the culprits one by one; the batch's good files still get labels.
+            for path, cell in zip(readable, cells):
+                try:
+                    row = model.predict(pd.DataFrame({"image": [cell]})).iloc[0]
+                    yield path, row, None
+                except UnreadableImageError:
+                    yield path, None, "not a readable image file"
+            continue
+        for path, (_, row) in zip(readable, frame.iterrows()):
+            yield path, row, None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        store = tracking_uri(args.tracking_uri)
+        uri = args.model or champion_of_theme(args.theme_id)
+        files, problems = image_files(args.paths)
+        if not files and not problems:
+            raise PredictError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under "
+                               f"{', '.join(map(str, args.paths))}.", fix="give image files "
+                               "or folders that hold them.")
+        model = load_model(uri, store)
+        writer = _csv_writer(args.csv, model)
+        for path, row, error in predict_files(model, files):
+            if error is not None:
+                problems.append(f"{path}: {error}")
+                continue
+            print(f"{path}\t{row['label']}\t{row['probability']:.4f}", flush=True)
+            if writer is not None:
+                writer.writerow([str(path), *row.tolist()])
+    except ThemetuneError as exc:
+        print(f"error: {exc.one_line()}", file=sys.stderr)
+        return exc.exit_code
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return 2 if problems else 0
+
+
+def _csv_writer(path: Path | None, model):
+    if path is None:
+        return None
+    classes = model.unwrap_python_model().class_names
+    try:
+        handle = open(path, "w", newline="")
+    except OSError as exc:
+        raise PredictError(f"cannot write {path} ({exc.strerror}).", key="--csv",
+                           fix="pick a writable path.") from None
+    writer = csv.writer(handle)
+    writer.writerow(["path", "label", "probability", *classes])
+    return writer
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""A trial's checkpoint -> the MLflow model a team deploys (theme_classifier's pyfunc).
+
+The model carries the network's weights, the class names and every preprocessing step
+the study trained with (theme_classifier.preprocess.Preprocessing), and the code of
+`theme_classifier` itself, so that MLflow alone can load, serve and predict with it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+import theme_classifier
+from theme_classifier.preprocess import Preprocessing, decode
+from theme_classifier.pyfunc import (INPUT_COLUMN, METADATA_ARTIFACT, NETWORK_ARTIFACT,
+                                     ThemeClassifier)
+from tuning import mlflow_runs
+
+CODE_PATH = str(Path(theme_classifier.__file__).resolve().parent)
+NETWORK_FILE = "network.pt"
+METADATA_FILE = "classifier.json"
+REQUIREMENTS = ["torch", "torchvision", "numpy", "pillow", "pandas"]
+
+
+def preprocessing_of(settings, *, mean: list[float], std: list[float]) -> Preprocessing:
+    """The shipped preprocessing for a study's data.PreprocessSettings."""
+    return Preprocessing(image_size=settings.image_size, channels=settings.channels,
+                         equalize=settings.brightness is not None,
+                         patch_size=settings.patch_size, patch_stride=settings.stride,
+                         mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std))
+
+
+def signature(class_names: tuple[str, ...]):
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, Schema
+
+    outputs = [ColSpec(DataType.string, "label"), ColSpec(DataType.double, "probability")]
+    outputs += [ColSpec(DataType.double, name) for name in class_names]
+    return ModelSignature(inputs=Schema([ColSpec(DataType.binary, INPUT_COLUMN)]),
+                          outputs=Schema(outputs))
+
+
+def input_example(image_path: str, preprocessing: Preprocessing) -> pd.DataFrame:
+    """One of the theme's images, shrunk to the model's input size and PNG-encoded: a
+    real input that keeps the model's folder small."""
+    array = decode(image_path, size=preprocessing.image_size, channels=preprocessing.channels)
+    image = Image.fromarray(array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return pd.DataFrame({INPUT_COLUMN: [buffer.getvalue()]})
+
+
+def log_classifier(run_id: str, *, name: str, network_state: dict, architecture: str,
+                   class_names: tuple[str, ...], preprocessing: Preprocessing,
+                   example_image: str) -> str:
+    """Log the pyfunc model into a run; returns the model URI to register."""
+    return mlflow_runs.call(_log_classifier, run_id, name=name, network_state=network_state,
+                            architecture=architecture, class_names=class_names,
+                            preprocessing=preprocessing, example_image=example_image)
+
+
+def _log_classifier(run_id: str, *, name: str, network_state: dict, architecture: str,
+                    class_names: tuple[str, ...], preprocessing: Preprocessing,
+                    example_image: str) -> str:
+    import mlflow
+    import mlflow.pyfunc
+
+    # MLflow logs an INFO line per saved model and warns about the example's conversion.
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory() as folder:
+        network_file = Path(folder) / NETWORK_FILE
+        torch.save(network_state, network_file)
+        metadata_file = Path(folder) / METADATA_FILE
+        metadata_file.write_text(json.dumps({
+            "architecture": architecture, "class_names": list(class_names),
+            "preprocessing": preprocessing.to_dict()}, indent=1))
+        with mlflow.start_run(run_id=run_id, nested=True):
+            info = mlflow.pyfunc.log_model(
+                name=name, python_model=ThemeClassifier(),
+                artifacts={NETWORK_ARTIFACT: str(network_file),
+                           METADATA_ARTIFACT: str(metadata_file)},
+                code_paths=[CODE_PATH], signature=signature(class_names),
+                input_example=input_example(example_image, preprocessing),
+                pip_requirements=REQUIREMENTS)
+    return info.model_uri
+
+
+def description(class_names: tuple[str, ...], preprocessing: Preprocessing) -> str:
+    return (f"Classifies an encoded image file (PNG, JPEG, BMP, ...; any size, grayscale, "
+            f"RGB or RGBA) into one of {len(class_names)} classes: "
+            f"{', '.join(class_names)}. Input: a DataFrame column `{INPUT_COLUMN}` of file "
+            f"bytes (or base64 text). Output: `label`, `probability` and one probability "
+            f"column per class. Preprocessing inside the model: "
+            f"{preprocessing.describe()}")
+
+
+def checkpoint_stats(state: dict, train_images: np.ndarray) -> tuple[list[float], list[float]]:
+    """The normalization a trial trained with: saved in its checkpoint, or recomputed
+    from the training split for checkpoints written before they were saved."""
+    if "mean" in state and "std" in state:
+        return list(state["mean"]), list(state["std"])
+    from tuning.trainable import channel_stats
+
+    mean, std = channel_stats(torch.from_numpy(np.ascontiguousarray(train_images)))
+    return mean.flatten().tolist(), std.flatten().tolist()
