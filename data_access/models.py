@@ -104,6 +104,9 @@ class TuningStudy(models.Model):
         permissions = [
             ("launch_study", "Can launch tuning studies"),
             ("cancel_study", "Can cancel tuning studies"),
+            # Runs the theme's registered champion on uploaded images in the web
+            # server's process: reads MLflow, writes nothing, but costs CPU and memory.
+            ("try_model", "Can try a theme's champion model on uploaded images"),
         ]
 
     def __str__(self) -> str:

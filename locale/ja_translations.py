@@ -102,6 +102,7 @@ JA = {
     "Cancel study": "スタディを中止",
     "Log": "ログ",
     "Optuna study": "Optuna スタディ",
+    "open in optuna-dashboard": "optuna-dashboard で開く",
     "Runs as": "実行方法",
     "Ray job": "Ray ジョブ",
     "local process": "ローカルプロセス",
@@ -166,6 +167,38 @@ JA = {
         "テーマ %(theme)s の既定値として保存しました。このテーマの次のスタディはこの値から始まります。",
     "This plot needs at least %(n)s completed trial(s); it appears as soon as they finish.":
         "このグラフには完了した試行が %(n)s 件以上必要です。試行が終わりしだい表示されます。",
+    # Try the model
+    "Try the model": "モデルを試す",
+    "Label your own images with this theme's champion model, %(uri)s.":
+        "このテーマのチャンピオンモデル（%(uri)s）で手元の画像を判定します。",
+    "No model yet: a study of this theme registers one when it completes.":
+        "まだモデルがありません。このテーマのスタディが完了するとモデルが登録されます。",
+    "No model yet: %(uri)s is not in this MLflow store. A study of this theme registers "
+    "its best model there when it completes.":
+        "まだモデルがありません。%(uri)s はこの MLflow ストアにありません。このテーマの"
+        "スタディが完了すると、最良のモデルがここに登録されます。",
+    "Label the images": "画像を判定",
+    "Up to %(n)s images at a time, %(mb)s MB each (PNG, JPEG, BMP, GIF, TIFF, WebP). "
+    "Nothing is saved.":
+        "一度に %(n)s 枚まで、1 枚 %(mb)s MB まで（PNG・JPEG・BMP・GIF・TIFF・WebP）。"
+        "画像はどこにも保存されません。",
+    "Model": "モデル",
+    "Version": "バージョン",
+    "MLflow store": "MLflow ストア",
+    "Study": "スタディ",
+    "Labels": "判定結果",
+    "Preview": "プレビュー",
+    "File": "ファイル",
+    "Predicted class": "予測クラス",
+    "Probability": "確率",
+    "Top %(n)s classes": "上位 %(n)s クラス",
+    "Label more images": "ほかの画像を判定",
+    "Label images with the champion": "チャンピオンモデルで画像を判定",
+    "not an image file": "画像ファイルではありません",
+    "larger than %(mb)s MB": "%(mb)s MB を超えています",
+    "Choose one or more image files.": "画像ファイルを 1 つ以上選んでください。",
+    "At most %(n)s images at a time: the first %(n)s are labelled, the others were not read.":
+        "一度に扱える画像は %(n)s 枚までです。最初の %(n)s 枚を判定し、残りは読み込んでいません。",
 }
 
 

@@ -18,6 +18,7 @@ from ray import tune
 from tuning import mlflow_runs
 from tuning.ledger import (COMPLETE, FAIL, FINAL_STATES, KILLED, PRUNED, RUNNING, StudyLedger,
                            TrialRecord)
+from tuning.optuna_adapter import MLFLOW_RUN_ATTR
 from tuning.params import EPOCH_METRICS, REPORTED_METRICS, is_final_result
 from tuning.progress import ProgressDisplay
 from tuning.recording import StudyRecorder, TrialEnd, TrialResult, TrialStart
@@ -76,6 +77,8 @@ class StudyCallback(tune.Callback):
             tags={mlflow_runs.PARENT_TAG: self.mlflow.parent_run_id,
                   "ray.trial_id": trial.trial_id, "optuna.trial_number": str(record.number)})
         record.child_run_id = run.info.run_id
+        if self.searcher is not None:  # optuna-dashboard's way to the trial's MLflow run
+            self.searcher.tag_trial(trial.trial_id, {MLFLOW_RUN_ATTR: record.child_run_id})
         mlflow_runs.log_params(client, record.child_run_id, record.params)
         self.ledger.add(record)
         self.recorder.trial_started(TrialStart(number=record.number,

@@ -1,4 +1,9 @@
-"""The classifiers a trial trains: torchvision ResNets, built without downloading weights."""
+"""The classifiers a trial trains: torchvision ResNets, built without downloading weights.
+
+A model starts random, from torchvision's ImageNet weights (a state dict the driver read
+once, see tuning.pretrained), or from a local state_dict file (model.weights); with
+model.freeze_backbone only its classifier trains.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,10 @@ _BUILDERS = {"ResNet18": models.resnet18, "ResNet50": models.resnet50,
 
 
 def build_model(name: str, *, num_classes: int, in_channels: int = 3,
-                weights: str | None = None) -> nn.Module:
+                weights: str | None = None,
+                imagenet_state: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """A ResNet for `num_classes`; `imagenet_state` (torchvision's 1000-class weights)
+    fills every layer but the classifier, then `weights` (a local file) on top."""
     builder = _BUILDERS.get(name)
     if builder is None:
         raise ConfigError(f"unknown model {name!r}.", key="model.name",
@@ -24,9 +32,47 @@ def build_model(name: str, *, num_classes: int, in_channels: int = 3,
     if in_channels != 3:
         # Grayscale themes keep one channel end to end instead of tripling the data.
         model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    if imagenet_state is not None:
+        load_imagenet_backbone(model, imagenet_state, in_channels=in_channels)
     if weights:
         load_pretrained(model, Path(weights))
     return model
+
+
+def load_imagenet_backbone(model: nn.Module, state: dict[str, torch.Tensor], *,
+                           in_channels: int) -> None:
+    """Every ImageNet layer but the classifier, which stays new for the theme's classes."""
+    backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    if in_channels == 1:
+        # A gray image is R = G = B, so a filter bank summed over its RGB inputs gives the
+        # pretrained response to the gray image repeated three times, without the copies.
+        backbone["conv1.weight"] = backbone["conv1.weight"].sum(dim=1, keepdim=True)
+    missing, unexpected = model.load_state_dict(backbone, strict=False)
+    if unexpected or set(missing) != {"fc.weight", "fc.bias"}:
+        # tuning.pretrained checked the file against the architecture: this is a bug.
+        raise RuntimeError(f"ImageNet state does not fit the model: missing {missing}, "
+                           f"unexpected {unexpected}")
+
+
+def freeze_backbone(model: nn.Module) -> None:
+    """Train the classifier only (a linear probe): the optimizer gets fc's parameters,
+    and set_train_mode keeps the frozen BatchNorm layers' running statistics."""
+    for name, param in model.named_parameters():
+        param.requires_grad = name.startswith("fc.")
+
+
+def set_train_mode(model: nn.Module) -> None:
+    """model.train(), except BatchNorm layers whose parameters are frozen stay in eval.
+
+    In train mode a BatchNorm normalizes with the batch's statistics and overwrites its
+    running ones; a frozen backbone must compute what the pretrained file computes.
+    """
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            params = list(module.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
 
 
 def load_pretrained(model: nn.Module, path: Path) -> None:

@@ -3,21 +3,24 @@
 Ray's OptunaSearch reads the study metric from every intermediate result, but a trial
 reports the study metric (e.g. test_acc) only once, after its last epoch; and it only
 logs a failed `tell` (e.g. NaN), which would leave the Optuna trial RUNNING forever.
+Each epoch's validation metric is reported instead, and each trial carries its MLflow
+run and Ray trial ids, so that optuna-dashboard reads a study as MLflow does.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 from sqlalchemy.exc import SQLAlchemyError
 
 from tuning.errors import StorageError
-from tuning.params import is_final_result
+from tuning.params import epoch_metric_for, is_final_result
 from tuning.resume import absolute_url
 
 
@@ -25,6 +28,10 @@ from tuning.resume import absolute_url
 # trials carrying this study's parent run id, but unknown to the restored searcher,
 # were asked after Tune's last snapshot and will never be told: they are closed as FAIL.
 ORIGIN_ATTR = "themetune.parent_run_id"
+# Where a trial's story continues: its MLflow child run and its Ray trial (the same ids
+# as the child run's tags), for a reader of the study in optuna-dashboard.
+MLFLOW_RUN_ATTR = "mlflow.run_id"
+RAY_TRIAL_ATTR = "ray.trial_id"
 
 
 class StudySearch(OptunaSearch):
@@ -34,13 +41,26 @@ class StudySearch(OptunaSearch):
         self.origin: str | None = None  # the parent run id, set by run_study (ORIGIN_ATTR)
         # trial id -> (state, value) found already recorded when resuming (see decide).
         self.decided: dict[str, tuple[str, float | None]] = {}
+        # trial id -> epochs reported to Optuna: a retried or resumed trial re-runs the
+        # epochs after its checkpoint, and Optuna keeps a step's first value (and warns).
+        self.reported_steps: dict[str, set[int]] = {}
 
     def suggest(self, trial_id: str) -> dict | None:
         new = trial_id not in self._ot_trials
         config = super().suggest(trial_id)
-        if new and self.origin and trial_id in self._ot_trials:
-            self._ot_trials[trial_id].set_user_attr(ORIGIN_ATTR, self.origin)
+        if new and trial_id in self._ot_trials:
+            attrs = {RAY_TRIAL_ATTR: trial_id}
+            if self.origin:
+                attrs[ORIGIN_ATTR] = self.origin
+            self.tag_trial(trial_id, attrs)
         return config
+
+    def tag_trial(self, trial_id: str, attrs: dict[str, Any]) -> None:
+        """Set user attributes on a Ray trial's Optuna trial while it is open."""
+        def tag(trial: optuna.Trial) -> None:
+            for key, value in attrs.items():
+                trial.set_user_attr(key, value)
+        self._write_open_trial(trial_id, tag)
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
@@ -71,9 +91,30 @@ class StudySearch(OptunaSearch):
             self._ot_study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL))
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        # Intermediate values would only feed Optuna's pruner, which Ray replaces with
-        # a no-op; early stopping is the Ray scheduler's job.
-        return
+        # Intermediate values are for reading the study (optuna-dashboard plots them per
+        # epoch); they prune nothing: Ray's pruner is a no-op, and early stopping is the
+        # Ray scheduler's job.
+        value = result.get(epoch_metric_for(self.metric))
+        step = result.get("epoch", result.get("training_iteration"))
+        if not _finite_number(value) or not _finite_number(step) or step < 0:
+            return
+        step = int(step)
+        if step in self.reported_steps.get(trial_id, ()):
+            return
+        if self._write_open_trial(trial_id, lambda trial: trial.report(float(value), step)):
+            self.reported_steps.setdefault(trial_id, set()).add(step)
+
+    def _write_open_trial(self, trial_id: str, write: Callable[[optuna.Trial], None]) -> bool:
+        trial = self._ot_trials.get(trial_id)
+        if trial is None or trial_id in self._completed_trials:
+            return False
+        try:
+            write(trial)
+        except UpdateFinishedTrialError:
+            # Told in a persistent storage after the snapshot a resumed driver restored
+            # (see decide): what the storage holds for it stands.
+            return False
+        return True
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                           error: bool = False) -> None:
@@ -87,6 +128,8 @@ class StudySearch(OptunaSearch):
         elif error:
             state, value = TrialState.FAIL, None
         elif not is_final_result(result):
+            # Optuna then gives it its last intermediate value (the validation metric
+            # where it stopped) as its value: never a test metric.
             state, value = TrialState.PRUNED, None
         elif not _finite_number(value):
             state, value = TrialState.FAIL, None
@@ -97,6 +140,7 @@ class StudySearch(OptunaSearch):
         self._ot_study.tell(self._ot_trials[trial_id], value, state=state,
                             skip_if_finished=True)
         self._completed_trials.add(trial_id)
+        self.reported_steps.pop(trial_id, None)  # a told trial takes no more values
 
     def trial_number(self, trial_id: str) -> int:
         """Optuna's number for a Ray trial: the n in the child run name `trial_{n}`."""

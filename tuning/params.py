@@ -17,7 +17,18 @@ OPTIMIZERS = ("Adam", "SGD", "AdamW")
 # What the trainable reports. A study metric outside this set can never be read.
 EPOCH_METRICS = ("train_loss", "train_acc", "valid_loss", "valid_acc")
 FINAL_METRICS = ("test_loss", "test_acc")
-REPORTED_METRICS = EPOCH_METRICS + FINAL_METRICS
+# Accuracy per source image: on patches, the mean of its patches' probabilities, as the
+# shipped model answers; without patches it equals test_acc.
+IMAGE_METRICS = ("test_image_acc",)
+REPORTED_METRICS = EPOCH_METRICS + FINAL_METRICS + IMAGE_METRICS
+
+
+def epoch_metric_for(metric: str) -> str:
+    """The per-epoch validation metric that follows a study metric (test_acc -> valid_acc,
+    test_loss -> valid_loss): each epoch reports it to Optuna as an intermediate value.
+    Validation, whatever the study metric: test metrics exist only after the last epoch,
+    and a training metric says little about how a trial does on unseen data."""
+    return "valid_loss" if metric.endswith("_loss") else "valid_acc"
 
 
 def is_final_result(result: dict) -> bool:
@@ -37,6 +48,10 @@ class ModelParams(Strict):
     name: Literal["ResNet18", "ResNet50", "ResNet101"] = "ResNet18"
     num_classes: int | None = Field(default=None, ge=2)
     weights: str | None = None  # a local state_dict file; nothing is downloaded
+    # torchvision's ImageNet weights, from the local torch hub cache (tuning.pretrained)
+    pretrained: bool = False
+    # train only the classifier: the backbone's weights and BatchNorm statistics stay
+    freeze_backbone: bool = False
 
 
 class TrainingSection(Strict):

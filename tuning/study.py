@@ -28,6 +28,7 @@ from tuning.interrupts import StopRequest
 from tuning.ledger import StudyLedger
 from tuning.optuna_adapter import StudySearch, check_existing_study, open_storage
 from tuning.params import REPORTED_METRICS, TrainingParams
+from tuning.pretrained import load_study_weights
 from tuning.progress import ProgressDisplay
 from tuning.recording import NullRecorder, StudyEnd, StudyRecorder, StudyStart
 from tuning.search_space import describe, to_distributions
@@ -52,6 +53,8 @@ class StudyPlan:
     storage: optuna.storages.BaseStorage | None
     distributions: dict[str, Any]
     stored_trials: int = 0
+    # ImageNet state dicts by architecture, for the trials that start pretrained
+    imagenet_states: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -66,6 +69,7 @@ class StudyOutcome:
     model_name: str | None = None
     model_version: str | None = None
     counts: dict[str, int] = field(default_factory=dict)
+    registration: mlflow_runs.Registration | None = None
 
 
 def preprocess_settings(params: TrainingParams) -> PreprocessSettings:
@@ -121,9 +125,11 @@ def _check_batch_sizes(config: StudyConfig, data: PreparedData) -> None:
 def prepare_study(config: StudyConfig, theme: ThemeSpec, *, study_name: str | None = None,
                   storage_url: str | None = None, progress=None) -> StudyPlan:
     _check_theme_fits(config, theme)
+    progress = progress or (lambda m: print(f"[themetune] {m}", flush=True))
+    # Before the data: a missing weights file is the quicker mistake to report.
+    imagenet_states = load_study_weights(config, progress=progress)
     data = prepare_data(theme, preprocess_settings(config.params),
-                        cache_dir=Path(config.infra.cache_dir),
-                        progress=progress or (lambda m: print(f"[themetune] {m}", flush=True)))
+                        cache_dir=Path(config.infra.cache_dir), progress=progress)
     _check_batch_sizes(config, data)
     name = study_name or config.study.name
     # An MLflow server that is down at start is a setup mistake (exit 2 now); one
@@ -136,7 +142,7 @@ def prepare_study(config: StudyConfig, theme: ThemeSpec, *, study_name: str | No
                                   distributions=distributions)
     return StudyPlan(config=config, theme=theme, data=data, study_name=name,
                      storage_url=storage_url, storage=storage, distributions=distributions,
-                     stored_trials=stored)
+                     stored_trials=stored, imagenet_states=imagenet_states)
 
 
 def _parent_params(plan: StudyPlan) -> dict[str, Any]:
@@ -237,7 +243,7 @@ def run_study(plan: StudyPlan, *, recorder: StudyRecorder | None = None,
             sampler=optuna.samplers.TPESampler(seed=config.sampler_seed),
             study_name=plan.study_name, storage=plan.storage)
         searcher.origin = parent_id
-        models = ModelLogger(plan=plan)
+        models = ModelLogger(plan=plan, preprocess=preprocess_settings(config.params))
         log_each = models.log_trial_model if config.infra.mlflow.log_models == "all" else None
         callback = StudyCallback(ledger=ledger, mlflow_study=study_runs,
                                  trial_number=searcher.trial_number, recorder=recorder,
@@ -258,7 +264,8 @@ def run_study(plan: StudyPlan, *, recorder: StudyRecorder | None = None,
                                  num_classes=plan.theme.num_classes,
                                  in_channels=config.params.data.channels,
                                  cpus=config.infra.resources.cpu,
-                                 memory_gb=config.infra.resources.memory_gb)
+                                 memory_gb=config.infra.resources.memory_gb,
+                                 imagenet_states=plan.imagenet_states)
         trainable = tune.with_resources(
             tune.with_parameters(trainable or train_trial, data=plan.data, settings=settings),
             trial_resources(config.infra.resources))
@@ -371,10 +378,8 @@ def _finish_study(plan: StudyPlan, study_runs: mlflow_runs.MlflowStudy, ledger: 
             f"{counts['KILLED']} killed); first error: {errors[0] if errors else 'none'}.",
             fix="see the child runs' themetune.end_reason tags and `ray` logs.")
 
-    best_uri = models.log_best(best, parent_run_id=parent_id)
-    model_name = f"{plan.theme.name}_model"
-    version = mlflow_runs.register_best(client, model_uri=best_uri, model_name=model_name,
-                                        parent_run_id=parent_id, best_run_id=best.child_run_id)
+    registration = _register(plan, best, models, parent_id, study_runs)
+    model_name, version = registration.model_name, registration.version
     client.log_metric(parent_id, "best_value", best.value)
     mlflow_runs.log_params(client, parent_id, {f"best.{k}": v for k, v in best.params.items()})
     mlflow_runs.log_yaml(client, parent_id, {"trial_number": best.number,
@@ -391,4 +396,22 @@ def _finish_study(plan: StudyPlan, study_runs: mlflow_runs.MlflowStudy, ledger: 
     return StudyOutcome(experiment_id=study_runs.experiment_id, parent_run_id=parent_id,
                         status="completed", best_number=best.number, best_value=best.value,
                         best_params=best.params, best_run_id=best.child_run_id,
-                        model_name=model_name, model_version=version, counts=ledger.counts())
+                        model_name=model_name, model_version=version, counts=ledger.counts(),
+                        registration=registration)
+
+
+def _register(plan: StudyPlan, best, models, parent_id: str,
+              study_runs: mlflow_runs.MlflowStudy) -> mlflow_runs.Registration:
+    """Log the best model to the parent run, register it, and decide the champion."""
+    from tuning.model_package import description
+
+    config = plan.config
+    best_uri, preprocessing = models.log_best(best, parent_run_id=parent_id)
+    return mlflow_runs.register_best(
+        study_runs.client, model_uri=best_uri, model_name=f"{plan.theme.name}_model",
+        tags={"parent_run_id": parent_id, "best_run_id": best.child_run_id,
+              "themetune.study_name": plan.study_name,
+              "themetune.theme_id": str(plan.theme.id),
+              "themetune.theme_name": plan.theme.name},
+        description=description(plan.theme.class_names, preprocessing),
+        metric=config.study.metric, direction=config.study.direction, value=best.value)

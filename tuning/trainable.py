@@ -12,7 +12,7 @@ import math
 import os
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,11 @@ import torch
 import torch.nn.functional as F
 from ray import tune
 
+from theme_classifier.preprocess import network_input, standardize, to_unit
 from tuning.augment import AugmentSettings, augment_batch
 from tuning.data import PreparedData, Split
 from tuning.memory_cap import GIB, TrialOutOfMemoryError, is_out_of_memory, memory_cap
-from tuning.model import build_model
+from tuning.model import build_model, freeze_backbone, set_train_mode
 from tuning.params import TrainingParams, params_with_sample
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -43,6 +44,9 @@ class TrialSettings:
     in_channels: int
     cpus: float
     memory_gb: float | None = None   # resources.memory_gb: the trial's cap on host memory
+    # torchvision's ImageNet state dict per architecture some trial starts pretrained:
+    # read once by the driver, it reaches every node through the object store.
+    imagenet_states: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
 def pick_device() -> torch.device:
@@ -60,13 +64,15 @@ def make_optimizer(params: TrainingParams, model: torch.nn.Module) -> torch.opti
     # SGD's 28 -> 12 ms, about 20% more training images/s; CUDA has them too. The same
     # update rule, so results differ from the unfused ones only by float rounding.
     fused = _fused_supported(model) or None
+    # A frozen backbone's parameters stay out: weight decay or momentum would move them.
+    trainable = [p for p in model.parameters() if p.requires_grad]
     if t.optimizer == "SGD":
-        return torch.optim.SGD(model.parameters(), lr=t.learning_rate, momentum=t.momentum,
+        return torch.optim.SGD(trainable, lr=t.learning_rate, momentum=t.momentum,
                                weight_decay=t.weight_decay, fused=fused)
     if t.optimizer == "AdamW":
-        return torch.optim.AdamW(model.parameters(), lr=t.learning_rate,
+        return torch.optim.AdamW(trainable, lr=t.learning_rate,
                                  weight_decay=t.weight_decay, fused=fused)
-    return torch.optim.Adam(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay,
+    return torch.optim.Adam(trainable, lr=t.learning_rate, weight_decay=t.weight_decay,
                             fused=fused)
 
 
@@ -82,6 +88,8 @@ class DeviceSplit:
     def __init__(self, split: Split, device: torch.device):
         self.images = _on_device(split.images, device)
         self.labels = _on_device(split.labels, device)
+        n_sources = len(np.unique(split.sources)) if len(split.sources) else 0
+        self.patches_per_image = len(split.sources) // n_sources if n_sources else 1
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -124,23 +132,52 @@ def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def evaluate(model: torch.nn.Module, split: DeviceSplit, mean, std) -> tuple[float, float]:
+    loss, acc, _ = _evaluate(model, split, mean, std, per_image=False)
+    return loss, acc
+
+
+def evaluate_test(model: torch.nn.Module, split: DeviceSplit, mean, std) -> dict[str, float]:
+    """The final test metrics, with the accuracy per source image that the shipped
+    model gives (patch probabilities averaged per image)."""
+    patches = split.patches_per_image > 1
+    loss, acc, image_acc = _evaluate(model, split, mean, std, per_image=patches)
+    return {"test_loss": loss, "test_acc": acc,
+            "test_image_acc": image_acc if patches else acc}
+
+
+def _evaluate(model, split: DeviceSplit, mean, std, *, per_image: bool):
     model.eval()
-    loss_sum = torch.zeros((), device=split.images.device)
-    correct = torch.zeros((), device=split.images.device, dtype=torch.long)
+    device = split.images.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    probabilities = []
     with torch.inference_mode():
         for start in range(0, len(split), EVAL_BATCH):
-            x = (split.images[start:start + EVAL_BATCH].float().div_(255) - mean) / std
+            x = network_input(split.images[start:start + EVAL_BATCH], mean, std)
             y = split.labels[start:start + EVAL_BATCH]
             logits = model(x)
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
             correct += (logits.argmax(dim=1) == y).sum()
+            if per_image:
+                probabilities.append(torch.softmax(logits, dim=1))
     n = max(len(split), 1)
-    return loss_sum.item() / n, correct.item() / n
+    image_acc = None
+    if per_image:
+        image_acc = _image_accuracy(torch.cat(probabilities), split)
+    return loss_sum.item() / n, correct.item() / n, image_acc
+
+
+def _image_accuracy(probabilities: torch.Tensor, split: DeviceSplit) -> float:
+    # Patches of one image are consecutive (data._build_splits), as the model cuts them.
+    k = split.patches_per_image
+    per_image = probabilities.reshape(-1, k, probabilities.shape[1]).mean(dim=1)
+    labels = split.labels.reshape(-1, k)[:, 0]
+    return (per_image.argmax(dim=1) == labels).float().mean().item() if len(labels) else 0.0
 
 
 def train_epoch(model, optimizer, split: DeviceSplit, mean, std, *, batch_size: int,
                 augments: AugmentSettings | None, generator: torch.Generator) -> tuple[float, float]:
-    model.train()
+    set_train_mode(model)
     device = split.images.device
     order = torch.randperm(len(split), generator=generator).to(device)
     loss_sum = torch.zeros((), device=device)
@@ -151,11 +188,11 @@ def train_epoch(model, optimizer, split: DeviceSplit, mean, std, *, batch_size: 
         if idx.numel() < 2:
             # BatchNorm cannot train on a single image; one leftover image is skipped.
             continue
-        x = split.images[idx].float().div_(255)
+        x = to_unit(split.images[idx])
         if augments is not None:
             # Photometric augments work on [0, 1] values, so they come before normalizing.
             x = augment_batch(x, augments)
-        x = (x - mean) / std
+        x = standardize(x, mean, std)
         y = split.labels[idx]
         logits = model(x)
         loss = F.cross_entropy(logits, y)
@@ -173,9 +210,13 @@ def train_epoch(model, optimizer, split: DeviceSplit, mean, std, *, batch_size: 
     return train_loss, correct.item() / max(seen, 1)
 
 
-def save_checkpoint(folder: Path, model, optimizer, epoch: int) -> None:
+def save_checkpoint(folder: Path, model, optimizer, epoch: int, *, mean: torch.Tensor,
+                    std: torch.Tensor) -> None:
+    # The normalization statistics travel with the weights: the packaged model needs
+    # exactly the values this trial trained with.
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "epoch": epoch}, folder / CHECKPOINT_FILE)
+                "epoch": epoch, "mean": mean.flatten().cpu().tolist(),
+                "std": std.flatten().cpu().tolist()}, folder / CHECKPOINT_FILE)
 
 
 def load_state_dict(folder: Path) -> dict[str, Any]:
@@ -206,6 +247,17 @@ def _oom_message(exc: BaseException, settings: TrialSettings) -> str:
     return f"out of memory ({detail}). Fix: {', or '.join(fixes)}."
 
 
+def _imagenet_state(params: TrainingParams, settings: TrialSettings
+                    ) -> dict[str, torch.Tensor] | None:
+    if not params.model.pretrained:
+        return None
+    state = settings.imagenet_states.get(params.model.name)
+    if state is None:
+        # prepare_study loads every architecture the space can pair with pretrained.
+        raise RuntimeError(f"no ImageNet weights were sent for {params.model.name}")
+    return state
+
+
 def _train(params: TrainingParams, data: PreparedData, settings: TrialSettings) -> None:
     torch.set_num_threads(max(1, int(settings.cpus)))
     device = pick_device()
@@ -214,7 +266,10 @@ def _train(params: TrainingParams, data: PreparedData, settings: TrialSettings) 
 
     torch.manual_seed(params.data.seed)
     model = build_model(params.model.name, num_classes=settings.num_classes,
-                        in_channels=settings.in_channels, weights=params.model.weights).to(device)
+                        in_channels=settings.in_channels, weights=params.model.weights,
+                        imagenet_state=_imagenet_state(params, settings)).to(device)
+    if params.model.freeze_backbone:
+        freeze_backbone(model)
     optimizer = make_optimizer(params, model)
     start_epoch = 0
     checkpoint = tune.get_checkpoint()
@@ -240,9 +295,9 @@ def _train(params: TrainingParams, data: PreparedData, settings: TrialSettings) 
                                    "valid_acc": valid_acc, "node_id": node_id,
                                    "resumed_from_epoch": start_epoch}
         if epoch + 1 == epochs:
-            metrics["test_loss"], metrics["test_acc"] = evaluate(model, test, mean, std)
+            metrics.update(evaluate_test(model, test, mean, std))
         with tempfile.TemporaryDirectory() as folder:
-            save_checkpoint(Path(folder), model, optimizer, epoch + 1)
+            save_checkpoint(Path(folder), model, optimizer, epoch + 1, mean=mean, std=std)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 

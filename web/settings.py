@@ -206,3 +206,6 @@ THEMETUNE_MLFLOW_UI_URL = os.environ.get("MLFLOW_UI_URL", "http://127.0.0.1:5001
 THEMETUNE_RAY_DASHBOARD_URL = os.environ.get("RAY_DASHBOARD_URL", (
     THEMETUNE_RAY_JOB_ADDRESS if THEMETUNE_RAY_JOB_ADDRESS.startswith("http")
     else "http://127.0.0.1:8265")).rstrip("/")
+# An optuna-dashboard serving the studies' Optuna storage. Unset: no link, unlike the
+# two above: a dashboard serves only the one storage it was started on.
+THEMETUNE_OPTUNA_DASHBOARD_URL = os.environ.get("OPTUNA_DASHBOARD_URL", "").rstrip("/")

@@ -2,7 +2,8 @@
 
 Every route needs a login (LoginRequiredMiddleware) except those whose view is marked
 login_not_required: the login page and the language switch. Launching and cancelling
-also need a permission (see views/studies.py). tests/web walks every route to prove it.
+also need a permission (see views/studies.py), and so does trying a theme's model
+(views/models.py). tests/web walks every route to prove it.
 """
 
 from django.conf import settings
@@ -13,7 +14,7 @@ from django.urls import path
 from django.views.generic import RedirectView
 from django.views.i18n import set_language
 
-from web.views import media, plots, studies, themes
+from web.views import media, models, plots, studies, themes
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="study_list"), name="home"),
@@ -26,6 +27,7 @@ urlpatterns = [
     path("themes/<int:theme_id>/", themes.theme_detail, name="theme_detail"),
     path("themes/<int:theme_id>/images/<int:image_id>/", themes.theme_image,
          name="theme_image"),
+    path("themes/<int:theme_id>/try/", models.theme_try_model, name="theme_try_model"),
     path("studies/", studies.study_list, name="study_list"),
     path("studies/new/", studies.study_new, name="study_new"),
     path("studies/<int:study_id>/", studies.study_detail, name="study_detail"),
@@ -33,6 +35,7 @@ urlpatterns = [
     path("studies/<int:study_id>/log/", studies.study_log, name="study_log"),
     path("studies/<int:study_id>/cancel/", studies.study_cancel, name="study_cancel"),
     path("studies/<int:study_id>/resume/", studies.study_resume, name="study_resume"),
+    path("studies/<int:study_id>/try/", models.study_try_model, name="study_try_model"),
     path("studies/<int:study_id>/best-params.yaml", studies.best_params_download,
          name="best_params_download"),
     path("studies/<int:study_id>/apply-best/", studies.best_params_apply,

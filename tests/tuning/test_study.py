@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow
-import mlflow.pytorch
+import mlflow.pyfunc
 import optuna
 import pytest
 import torch
@@ -52,7 +52,9 @@ def child_runs(client: MlflowClient, outcome):
 def test_study_structure_in_mlflow(ray_local, mlflow_uri, tmp_path, digits_theme, capsys):
     folder = tiny_config_files(tmp_path / "configs", n_trials=3, epochs=2)
     recorder = ListRecorder()
-    outcome = run(folder, digits_theme, recorder=recorder)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"  # read back below, as optuna-dashboard does
+    outcome = run(folder, digits_theme, recorder=recorder, storage_url=storage,
+                  study_name="structure")
     client = MlflowClient(mlflow_uri)
 
     # Experiment = theme name; parent run named by params.yaml's run_name.
@@ -79,10 +81,25 @@ def test_study_structure_in_mlflow(ray_local, mlflow_uri, tmp_path, digits_theme
             assert [m.step for m in history] == [1, 2]
         assert {"test_acc", "test_loss"} <= set(child.data.metrics)
 
+    # Optuna tells the same story (what optuna-dashboard shows): each epoch's valid_acc,
+    # and each trial's ids linking it to its child run and its Ray trial.
+    by_number = {c.data.tags["optuna.trial_number"]: c for c in children}
+    trials = optuna.load_study(study_name="structure", storage=storage).trials
+    assert len(trials) == 3
+    for trial in trials:
+        child = by_number[str(trial.number)]
+        history = client.get_metric_history(child.info.run_id, "valid_acc")
+        assert trial.intermediate_values == pytest.approx({m.step: m.value for m in history})
+        assert sorted(trial.intermediate_values) == [1, 2]
+        assert trial.user_attrs["mlflow.run_id"] == child.info.run_id
+        assert trial.user_attrs["ray.trial_id"] == child.data.tags["ray.trial_id"]
+
     # best_value is the best child's metric, and the registered version is its model.
-    best_child = max(children, key=lambda c: c.data.metrics["test_acc"])
+    # Ties go to the earliest trial, so the best is looked up, then checked to be a maximum.
+    best_child = next(c for c in children if c.info.run_id == outcome.best_run_id)
+    assert best_child.data.metrics["test_acc"] == max(c.data.metrics["test_acc"]
+                                                      for c in children)
     assert parent.data.metrics["best_value"] == pytest.approx(best_child.data.metrics["test_acc"])
-    assert outcome.best_run_id == best_child.info.run_id
     assert best_child.info.run_name == f"trial_{outcome.best_number}"
     assert parent.data.params["best.training.optimizer"] == best_child.data.params[
         "training.optimizer"]
@@ -91,10 +108,10 @@ def test_study_structure_in_mlflow(ray_local, mlflow_uri, tmp_path, digits_theme
     assert version.tags["parent_run_id"] == outcome.parent_run_id
     assert len(client.search_model_versions(f"name='{digits_theme.name}_model'")) == 1
 
-    # The registered model loads and classifies an input of the trained size.
-    model = mlflow.pytorch.load_model(f"models:/{digits_theme.name}_model/{outcome.model_version}")
+    # The registered model is a pyfunc whose bare network takes an input of the trained size.
+    model = mlflow.pyfunc.load_model(f"models:/{digits_theme.name}_model/{outcome.model_version}")
     with torch.no_grad():
-        logits = model(torch.zeros(2, 1, 16, 16))
+        logits = model.unwrap_python_model().network(torch.zeros(2, 1, 16, 16))
     assert logits.shape == (2, digits_theme.num_classes)
 
     # Parent artifacts: configs as given and resolved, best params, a copy of the best model.
@@ -103,11 +120,11 @@ def test_study_structure_in_mlflow(ray_local, mlflow_uri, tmp_path, digits_theme
     configs = {a.path for a in client.list_artifacts(outcome.parent_run_id, "configs")}
     assert {"configs/optuna_params.yaml", "configs/params.yaml", "configs/config.yaml",
             "configs/augments.yaml", "configs/resolved.yaml"} <= configs
-    parent_model = mlflow.pytorch.load_model(
+    parent_model = mlflow.pyfunc.load_model(
         [m for m in mlflow.search_logged_models(experiment_ids=[outcome.experiment_id],
                                                 output_format="list")
          if m.source_run_id == outcome.parent_run_id][0].model_uri)
-    assert isinstance(parent_model, torch.nn.Module)
+    assert isinstance(parent_model.unwrap_python_model().network, torch.nn.Module)
 
     # The recorder heard the same story, in order.
     assert isinstance(recorder.events[0], StudyStart)

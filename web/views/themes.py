@@ -8,6 +8,7 @@ from django.views.decorators.http import require_GET
 
 from data_access import selectors
 from tuning.errors import ThemeError
+from web import try_model
 
 THUMBNAILS_PER_CLASS = 8
 
@@ -27,10 +28,14 @@ def theme_detail(request, theme_id: int):
     by_class: dict[str, list] = {}
     for ref in samples:
         by_class.setdefault(ref.label, []).append(ref)
+    studies = selectors.study_list_for_theme(theme_id=theme_id)
     return render(request, "web/theme_detail.html", {
         "theme": theme,
         "classes": [(label, count, by_class.get(label, [])) for label, count in theme.class_counts],
-        "studies": selectors.study_list_for_theme(theme_id=theme_id),
+        "studies": studies,
+        # The form to try the champion, once a completed study has registered one.
+        "try_model": (try_model.form_context(theme.name)
+                      if try_model.newest_completed(studies) else None),
     })
 
 

@@ -1,4 +1,5 @@
-"""First-run setup for `make web`: the "tuners" group and, on a terminal, a first user.
+"""First-run setup for `make web`: the "tuners" group (launch, cancel, try the champion
+model) and, on a terminal, a first user.
 
     python manage.py web_setup [--demo-theme]
 
@@ -16,11 +17,12 @@ from django.core.management.base import BaseCommand
 from data_access import selectors
 
 GROUP = "tuners"
-PERMISSIONS = ("launch_study", "cancel_study")
+PERMISSIONS = ("launch_study", "cancel_study", "try_model")
 
 
 class Command(BaseCommand):
-    help = ("Create the 'tuners' group (may launch and cancel studies); on a terminal, "
+    help = ("Create the 'tuners' group (may launch and cancel studies and try the "
+            "champion model); on a terminal, "
             "offer to create the first user when there is none.")
 
     def add_arguments(self, parser):
