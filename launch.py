@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from tuning.errors import ThemetuneError
+from tuning.errors import Reported
 
 REPO = Path(__file__).resolve().parent
 CONFIGS = REPO / "configs"
@@ -66,48 +66,65 @@ def make_recorder(record_id: int | None):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from tuning.config import ConfigFiles, Overrides, load_study_config
-    from tuning.report import print_dry_run, print_outcome
-
-    defaults = ConfigFiles.in_folder(args.configs)
-    files = ConfigFiles(optuna_params=args.optuna_params or defaults.optuna_params,
-                        params=args.params or defaults.params,
-                        config=args.config or defaults.config,
-                        augments=args.augments or defaults.augments)
     try:
-        overrides = Overrides(theme_id=args.theme_id, n_trials=args.n_trials,
-                              timeout=args.timeout,
-                              max_concurrent_trials=args.max_concurrent_trials)
-        resume = None
-        if args.resume is not None:
-            from tuning import resume as resuming
-
-            resume = resuming.request(args.resume, args=args, files=files)
-            files, overrides = resume.config_files(), resume.study_overrides()
-            args.study_name, args.storage = resume.study_name, resume.storage_url
-            args.record_id = args.record_id or resume.record_id
-        config = load_study_config(files, overrides)
-        from tuning.cluster import check_resources, job_submission_id
-        from tuning.study import prepare_study, run_study
-
-        check_resources(config.infra, file=str(files.config))
-        theme = load_theme(config.theme_id)
-        plan = prepare_study(config, theme, study_name=args.study_name,
-                             storage_url=args.storage)
-        if args.dry_run:
-            print_dry_run(plan)
-            return 0
-        outcome = run_study(plan, recorder=make_recorder(args.record_id),
-                            ray_job_id=job_submission_id(), resume=resume)
-        print_outcome(plan, outcome)
-        return 0
-    except ThemetuneError as exc:
+        return _run(args)
+    except Reported as exc:
         print(f"error: {exc.one_line()}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted: running trials and the parent run were marked KILLED.",
-              file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        from tuning.interrupts import StudyInterrupted
+
+        if isinstance(exc, StudyInterrupted):
+            print("interrupted: running trials and the parent run were marked KILLED.",
+                  file=sys.stderr)
+        else:
+            print("interrupted before the study started: nothing was recorded.",
+                  file=sys.stderr)
         return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tuning.config import Overrides, load_study_config
+    from tuning.report import print_dry_run, print_outcome
+
+    files = _config_files(args)
+    overrides = Overrides(theme_id=args.theme_id, n_trials=args.n_trials,
+                          timeout=args.timeout, max_concurrent_trials=args.max_concurrent_trials)
+    study_name, storage, record_id, resume = args.study_name, args.storage, args.record_id, None
+    if args.resume is not None:
+        from tuning import resume as resuming
+
+        resume = resuming.request(
+            args.resume, config_file=files.config, theme_id=args.theme_id, storage=storage,
+            study_name=study_name, overrides={"n_trials": args.n_trials, "timeout": args.timeout,
+                                              "max_concurrent_trials": args.max_concurrent_trials})
+        files, overrides = resume.config_files(), resume.study_overrides()
+        study_name, storage = resume.study_name, resume.storage_url
+        record_id = record_id or resume.record_id
+    config = load_study_config(files, overrides)
+    from tuning.cluster import check_resources, job_submission_id
+    from tuning.study import prepare_study, run_study
+
+    check_resources(config.infra, file=str(files.config))
+    plan = prepare_study(config, load_theme(config.theme_id), study_name=study_name,
+                         storage_url=storage)
+    if args.dry_run:
+        print_dry_run(plan)
+        return 0
+    outcome = run_study(plan, recorder=make_recorder(record_id),
+                        ray_job_id=job_submission_id(), resume=resume)
+    print_outcome(plan, outcome)
+    return 0
+
+
+def _config_files(args: argparse.Namespace):
+    from tuning.config import ConfigFiles
+
+    defaults = ConfigFiles.in_folder(args.configs)
+    return ConfigFiles(optuna_params=args.optuna_params or defaults.optuna_params,
+                       params=args.params or defaults.params,
+                       config=args.config or defaults.config,
+                       augments=args.augments or defaults.augments)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from tuning.errors import ThemetuneError
+from tuning.errors import Reported, ThemetuneError
 
 REPO = Path(__file__).resolve().parent
 DEFAULT_CONFIG = REPO / "configs" / "config.yaml"
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path}\t{row['label']}\t{row['probability']:.4f}", flush=True)
             if writer is not None:
                 writer.writerow([str(path), *row.tolist()])
-    except ThemetuneError as exc:
+    except Reported as exc:
         print(f"error: {exc.one_line()}", file=sys.stderr)
         return exc.exit_code
     for problem in problems:

@@ -7,24 +7,16 @@ from a generator on the batch's device, and never reads a value back to the host
 
 The photometric transforms (brightness, contrast) assume values in [0, 1], before
 normalization: scaling a normalized tensor would scale around the dataset mean rather
-than around black. The intended order is:
-
-    x = to_float_batch(x_uint8, 0.0, 1.0)          # [0, 1]
-    x = augment_batch(x, settings, generator)
-    x = normalize_batch(x, mean, std)
-
-(without augmentation, `to_float_batch(x_uint8, mean, std)` does both steps at once).
+than around black (theme_classifier.preprocess: to_unit, augment, then standardize).
+The values were checked when augments.yaml was loaded (tuning.infra.AugmentsConfig).
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
-
-from tuning.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -35,36 +27,9 @@ class AugmentSettings:
     brightness: float = 0.0        # multiply by U(1-b, 1+b), per image
     contrast: float = 0.0          # scale around the image mean by U(1-c, 1+c), per image
 
-    def __post_init__(self):
-        for name in ("horizontal_flip", "vertical_flip", "brightness", "contrast"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"{name} must be between 0 and 1 (got {value}).",
-                                  file="augments.yaml", key=name)
-        if self.random_crop_padding < 0:
-            raise ConfigError(
-                f"random_crop_padding must be >= 0 (got {self.random_crop_padding}).",
-                file="augments.yaml", key="random_crop_padding")
-
     @property
     def enabled(self) -> bool:
         return any(getattr(self, f.name) for f in fields(self))
-
-
-def to_float_batch(x_uint8: torch.Tensor, mean: float | tuple[float, ...],
-                   std: float | tuple[float, ...]) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> float32 ((x / 255) - mean) / std, on the same device."""
-    if x_uint8.dtype != torch.uint8:
-        raise TypeError(f"to_float_batch expects uint8, got {x_uint8.dtype}")
-    return normalize_batch(x_uint8.float().div_(255.0), mean, std)
-
-
-def normalize_batch(x: torch.Tensor, mean: float | tuple[float, ...],
-                    std: float | tuple[float, ...]) -> torch.Tensor:
-    """(x - mean) / std per channel; mean and std are scalars or one value per channel."""
-    if isinstance(mean, (int, float)) and isinstance(std, (int, float)):
-        return (x - mean) / std
-    return (x - _per_channel(mean, x)) / _per_channel(std, x)
 
 
 def augment_batch(x: torch.Tensor, settings: AugmentSettings,
@@ -124,18 +89,3 @@ def _random_crop(x, padding: int, generator) -> torch.Tensor:
 def _uniform_factor(x, amount: float, generator) -> torch.Tensor:
     u = torch.rand(x.shape[0], device=x.device, generator=generator, dtype=torch.float32)
     return (1.0 - amount + 2.0 * amount * u).to(x.dtype)[:, None, None, None]
-
-
-def _per_channel(value, x: torch.Tensor) -> torch.Tensor:
-    values = (float(value),) if isinstance(value, (int, float)) else tuple(map(float, value))
-    if len(values) not in (1, x.shape[1]):
-        raise ValueError(f"expected 1 or {x.shape[1]} per-channel values, got {values}")
-    return _channel_tensor(values, x.dtype, x.device)
-
-
-@functools.lru_cache(maxsize=64)
-def _channel_tensor(values: tuple[float, ...], dtype: torch.dtype,
-                    device: torch.device) -> torch.Tensor:
-    # Cached: building it copies host memory to the device, which blocks the host;
-    # once per (values, dtype, device) rather than once per batch.
-    return torch.tensor(values, dtype=dtype, device=device).reshape(-1, 1, 1)

@@ -7,7 +7,6 @@ here, tagged with mlflow.parentRunId. A retried trial keeps its child run.
 
 from __future__ import annotations
 
-import logging
 import re
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any, Callable
 
 from ray import tune
 
-from tuning import mlflow_runs
+from tuning import mlflow_runs, output
 from tuning.ledger import (COMPLETE, FAIL, FINAL_STATES, KILLED, PRUNED, RUNNING, StudyLedger,
                            TrialRecord)
 from tuning.optuna_adapter import MLFLOW_RUN_ATTR
@@ -23,7 +22,7 @@ from tuning.params import EPOCH_METRICS, REPORTED_METRICS, is_final_result
 from tuning.progress import ProgressDisplay
 from tuning.recording import StudyRecorder, TrialEnd, TrialResult, TrialStart
 
-log = logging.getLogger("themetune")
+log = output.log
 
 MLFLOW_STATUS = {COMPLETE: "FINISHED", PRUNED: "KILLED", FAIL: "FAILED", KILLED: "KILLED"}
 END_REASON = "themetune.end_reason"
@@ -71,15 +70,12 @@ class StudyCallback(tune.Callback):
         record = TrialRecord(ray_trial_id=trial.trial_id,
                              number=self.trial_number(trial.trial_id),
                              params=dict(trial.config))
-        client = self.mlflow.client
-        run = client.create_run(
-            self.mlflow.experiment_id, run_name=f"trial_{record.number}",
-            tags={mlflow_runs.PARENT_TAG: self.mlflow.parent_run_id,
-                  "ray.trial_id": trial.trial_id, "optuna.trial_number": str(record.number)})
-        record.child_run_id = run.info.run_id
+        record.child_run_id = mlflow_runs.create_child_run(
+            self.mlflow, name=f"trial_{record.number}",
+            tags={"ray.trial_id": trial.trial_id, "optuna.trial_number": str(record.number)})
         if self.searcher is not None:  # optuna-dashboard's way to the trial's MLflow run
             self.searcher.tag_trial(trial.trial_id, {MLFLOW_RUN_ATTR: record.child_run_id})
-        mlflow_runs.log_params(client, record.child_run_id, record.params)
+        mlflow_runs.log_params(self.mlflow.client, record.child_run_id, record.params)
         self.ledger.add(record)
         self.recorder.trial_started(TrialStart(number=record.number,
                                                ray_trial_id=trial.trial_id,
@@ -219,7 +215,7 @@ class StudyCallback(tune.Callback):
             mlflow_runs.set_tags(client, run.info.run_id, {END_REASON: ORPHAN_REASON,
                                                            "optuna.trial_state": FAIL})
             mlflow_runs.end_run(client, run.info.run_id, "FAILED")
-            client.delete_run(run.info.run_id)
+            mlflow_runs.delete_run(client, run.info.run_id)
             number = run.data.tags.get("optuna.trial_number", "")
             if number.isdigit():
                 numbers.append(int(number))

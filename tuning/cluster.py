@@ -7,9 +7,10 @@ import json
 import os
 import uuid
 from pathlib import Path
-from urllib.parse import urlparse
 
+from tuning import output
 from tuning.infra import RaySection
+from tuning.storage import is_remote_storage, local_storage_path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -17,6 +18,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 def ensure_ray(section: RaySection) -> None:
     import ray
 
+    _set_tune_flags()
     if ray.is_initialized():
         return
     # Inside `ray job submit`, RAY_ADDRESS points at the cluster that runs the job.
@@ -35,6 +37,14 @@ def ensure_ray(section: RaySection) -> None:
     ray.init(address="local", num_cpus=section.num_cpus, num_gpus=section.num_gpus,
              include_dashboard=True, dashboard_host=section.dashboard_host,
              runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, log_to_driver=False)
+
+
+def _set_tune_flags() -> None:
+    # The study metric (e.g. test_acc) arrives only in a trial's last report; Tune's
+    # strict check would reject every earlier one.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    # Every epoch checkpoints; with num_to_keep set, Tune warns on each snapshot.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
 # Set by Ray's job supervisor in the environment of a job's entrypoint (Ray 2.60 sets no
@@ -110,7 +120,6 @@ def check_trial_fits(resources, *, local: bool, file: str = "config.yaml") -> No
     """Once connected: is there a node with room for one trial's CPUs, GPUs and memory?
     On this machine's own cluster none ever will be (exit 2); a remote cluster may grow
     (an autoscaler), so there it is a warning and Tune waits."""
-    import logging
 
     import ray
 
@@ -135,7 +144,7 @@ def check_trial_fits(resources, *, local: bool, file: str = "config.yaml") -> No
         cpu_ok = any(n.get("CPU", 0) >= resources.cpu for n in nodes)
         key = "resources.gpu" if cpu_ok else "resources.cpu"
     if not local:
-        logging.getLogger("themetune").warning("%s; Tune waits until one joins (%s)",
+        output.log.warning("%s; Tune waits until one joins (%s)",
                                                problem, fix)
         return
     raise ConfigError(problem + ".", file=file, key=key, fix=fix)
@@ -145,19 +154,6 @@ def check_trial_fits(resources, *, local: bool, file: str = "config.yaml") -> No
 # zero-CPU task, so busy CPUs do not delay it; a node's first task starts a worker
 # process (a few seconds) and, inside a Ray job, unpacks the job's working_dir.
 STORAGE_PROBE_TIMEOUT_S = 120.0
-
-
-def is_remote_storage(storage_path: str) -> bool:
-    """s3://, gs://, abfs://, hdfs://...: storage that no node holds locally."""
-    scheme = urlparse(storage_path).scheme
-    return len(scheme) > 1 and scheme != "file"   # one letter: a Windows drive
-
-
-def local_storage_path(storage_path: str) -> Path:
-    """The folder that run_study gives Tune, resolved as it does (against the cwd)."""
-    if storage_path.startswith("file://"):
-        storage_path = urlparse(storage_path).path
-    return Path(storage_path).resolve()
 
 
 def check_storage_reachable(storage_path: str, *, file: str = "config.yaml",
@@ -175,7 +171,6 @@ def check_storage_reachable(storage_path: str, *, file: str = "config.yaml",
     StorageError (exit 2) naming config.yaml's ray.storage_path and the fix.
     """
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from tuning.errors import StorageError
 
@@ -197,25 +192,8 @@ def check_storage_reachable(storage_path: str, *, file: str = "config.yaml",
         raise StorageError(f"ray.storage_path {storage_path!r} ({path}) cannot be written "
                            f"by the driver: {exc.strerror or exc}.", file=file,
                            key="ray.storage_path", fix=fix) from None
-    probe = ray.remote(num_cpus=0, max_retries=0)(_probe_storage)
-    refs = {
-        probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-            node_id=n["NodeID"], soft=False)).remote(str(marker), token): n
-        for n in nodes}
-    problems: list[str] = []
     try:
-        ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
-        for ref in ready:
-            node = refs[ref]
-            try:
-                problem = ray.get(ref)
-            except ray.exceptions.RayError as exc:
-                problem = f"the probe task failed ({type(exc).__name__})"
-            if problem:
-                problems.append(f"{node['NodeManagerAddress']}: {problem}")
-        for ref in pending:
-            ray.cancel(ref, force=True)
-            problems.append(f"{refs[ref]['NodeManagerAddress']}: no answer in {timeout_s:g} s")
+        problems = _probe_nodes(nodes, marker, token, timeout_s)
     finally:
         for leftover in path.glob(f"{marker.name}*"):
             leftover.unlink(missing_ok=True)
@@ -228,7 +206,32 @@ def check_storage_reachable(storage_path: str, *, file: str = "config.yaml",
             f"every node of this {len(nodes)}-node Ray cluster{where}; "
             f"{len(problems)} node(s) cannot use it: {'; '.join(sorted(problems))}.",
             file=file, key="ray.storage_path", fix=fix)
-    print(f"[themetune] storage path {path} is shared by all {len(nodes)} nodes", flush=True)
+    output.say(f"storage path {path} is shared by all {len(nodes)} nodes")
+
+
+def _probe_nodes(nodes: list[dict], marker: Path, token: str, timeout_s: float) -> list[str]:
+    """Run _probe_storage on every node; what went wrong, one line per failing node."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = ray.remote(num_cpus=0, max_retries=0)(_probe_storage)
+    refs = {
+        probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            node_id=n["NodeID"], soft=False)).remote(str(marker), token): n
+        for n in nodes}
+    problems: list[str] = []
+    ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+    for ref in ready:
+        try:
+            problem = ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            problem = f"the probe task failed ({type(exc).__name__})"
+        if problem:
+            problems.append(f"{refs[ref]['NodeManagerAddress']}: {problem}")
+    for ref in pending:
+        ray.cancel(ref, force=True)
+        problems.append(f"{refs[ref]['NodeManagerAddress']}: no answer in {timeout_s:g} s")
+    return problems
 
 
 def _probe_storage(marker: str, token: str) -> str | None:

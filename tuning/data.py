@@ -31,7 +31,7 @@ from PIL import Image
 
 from theme_classifier.preprocess import (HISTOGRAM_EQUALIZATION, cut_patches, decode,
                                          equalize)
-from tuning.errors import ConfigError, DataError
+from tuning.errors import DataError
 from tuning.theme import ThemeSpec
 
 # Bump whenever decoding or preprocessing changes what the arrays contain.
@@ -65,32 +65,6 @@ class PreprocessSettings:
     split: tuple[float, float, float]   # train, valid, test fractions, sum 1
     seed: int
     skip_unreadable: bool
-
-    def __post_init__(self):
-        # Configs are validated when loaded; these checks catch combinations that a
-        # per-field check cannot see, before an hour of decoding is spent.
-        if self.image_size < 1:
-            raise ConfigError(f"image size must be >= 1 (got {self.image_size}).")
-        if self.channels not in (1, 3):
-            raise ConfigError(f"channels must be 1 or 3 (got {self.channels}).")
-        if self.brightness not in (None, HISTOGRAM_EQUALIZATION):
-            raise ConfigError(
-                f"brightness correction must be none or '{HISTOGRAM_EQUALIZATION}' "
-                f"(got {self.brightness!r}).", key="preprocessing.brightness_correction")
-        if self.patch_size is not None:
-            stride = self.patch_stride if self.patch_stride is not None else self.patch_size
-            if not (1 <= self.patch_size <= self.image_size) or stride < 1:
-                raise ConfigError(
-                    f"patch size must be between 1 and the image size, and the stride >= 1 "
-                    f"(patch size={self.patch_size}, stride={self.patch_stride}, "
-                    f"image size={self.image_size}).", key="preprocessing.patch")
-        if len(self.split) != 3 or min(self.split) < 0 or abs(sum(self.split) - 1) > 1e-6:
-            raise ConfigError(
-                f"split fractions (train, valid, test) must be >= 0 and sum to 1 "
-                f"(got {tuple(self.split)}).", key="data.split_ratio")
-        if self.split[0] == 0:
-            raise ConfigError(f"the train fraction must be > 0 (got {tuple(self.split)}).",
-                              key="data.split_ratio")
 
     @property
     def stride(self) -> int | None:

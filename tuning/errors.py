@@ -9,8 +9,11 @@ from __future__ import annotations
 USER_ERROR_EXIT_CODE = 2
 
 
-class ThemetuneError(Exception):
-    """Base class of every error a user can cause (bad config, bad data, unknown theme)."""
+STUDY_STOPPED_EXIT_CODE = 1
+
+
+class Reported(Exception):
+    """An error told to the user in one line (file, key, rule, fix): no traceback."""
 
     exit_code = USER_ERROR_EXIT_CODE
 
@@ -31,6 +34,18 @@ class ThemetuneError(Exception):
         prefix = f"{': '.join(where)}: " if where else ""
         suffix = f" Fix: {self.fix}" if self.fix else ""
         return f"{prefix}{self.message}{suffix}"
+
+
+class ThemetuneError(Reported):
+    """Base class of every error a user can cause (bad config, bad data, unknown theme),
+    found before the study starts: exit code 2."""
+
+
+class StudyStoppedError(Reported):
+    """The study started and could not finish (no trial finished, the tracking server
+    stayed away): exit code 1; what finished is kept."""
+
+    exit_code = STUDY_STOPPED_EXIT_CODE
 
 
 class ConfigError(ThemetuneError):

@@ -14,6 +14,10 @@ import sys
 import threading
 
 
+class StudyInterrupted(KeyboardInterrupt):
+    """A stop that arrived once the study had runs: they were marked KILLED."""
+
+
 class StopRequest:
     def __init__(self):
         self.requested = False

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tuning.numbers import is_finite_number
 from tuning.params import REPORTED_METRICS
+from tuning.states import TrialState
 
-# Optuna's names for how a trial ended, used in MLflow tags, the DB and the display.
-COMPLETE, PRUNED, FAIL, KILLED, RUNNING = "COMPLETE", "PRUNED", "FAIL", "KILLED", "RUNNING"
+# How a trial ended (tuning.states), by the short names the callbacks use.
+COMPLETE, PRUNED, FAIL = TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL
+KILLED, RUNNING = TrialState.KILLED, TrialState.RUNNING
 FINAL_STATES = (COMPLETE, PRUNED, FAIL)  # decided: a resumed study never changes these
 # What a snapshot keeps of a trial's last result (see _record_state).
 SNAPSHOT_KEYS = frozenset({"epoch", "training_iteration", *REPORTED_METRICS})
@@ -54,7 +56,7 @@ class StudyLedger:
 
     def value_of(self, result: dict[str, Any]) -> float | None:
         value = result.get(self.metric)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        if is_finite_number(value):
             return float(value)
         return None
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -24,9 +22,11 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from tuning.errors import ThemetuneError
+from tuning import output
+from tuning.errors import StudyStoppedError, ThemetuneError
+from tuning.numbers import is_finite_number
 
-log = logging.getLogger("themetune")
+log = output.log
 
 PARENT_TAG = "mlflow.parentRunId"
 MODEL_ARTIFACT = "model"
@@ -60,11 +60,9 @@ class TrackingUnreachableError(ThemetuneError):
     """The MLflow tracking server does not answer when a study starts."""
 
 
-class TrackingLostError(ThemetuneError):
+class TrackingLostError(StudyStoppedError):
     """The tracking server stayed unreachable longer than the outage budget mid-study:
     the study stops, resumable once the server is back."""
-
-    exit_code = 1
 
 
 # Set once an outage outlasted its budget: later calls (closing runs on the way out)
@@ -227,6 +225,21 @@ def reopen_study_runs(*, tracking_uri: str, experiment_id: str, parent_run_id: s
     return MlflowStudy(client, experiment_id, parent_run_id)
 
 
+def create_child_run(study: MlflowStudy, *, name: str, tags: dict[str, str]) -> str:
+    """A child run of the study's parent run; returns its id."""
+    run = study.client.create_run(study.experiment_id, run_name=name,
+                                  tags={PARENT_TAG: study.parent_run_id, **tags})
+    return run.info.run_id
+
+
+def delete_run(client: MlflowClient, run_id: str) -> None:
+    client.delete_run(run_id)
+
+
+def log_metric(client: MlflowClient, run_id: str, key: str, value: float) -> None:
+    client.log_metric(run_id, key, value)
+
+
 def reopen_run(client: MlflowClient, run_id: str) -> None:
     client.update_run(run_id, status="RUNNING")
 
@@ -267,7 +280,7 @@ def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> Non
 def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], *, step: int,
                 timestamp_ms: int) -> None:
     items = [Metric(k, float(v), timestamp_ms, step) for k, v in metrics.items()
-             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+             if is_finite_number(v)]
     if items:
         client.log_batch(run_id, metrics=items)
 

@@ -11,12 +11,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision import models
 
+from theme_classifier.network import ARCHITECTURES, build_network
 from tuning.errors import ConfigError
-
-_BUILDERS = {"ResNet18": models.resnet18, "ResNet50": models.resnet50,
-             "ResNet101": models.resnet101}
 
 
 def build_model(name: str, *, num_classes: int, in_channels: int = 3,
@@ -24,14 +21,11 @@ def build_model(name: str, *, num_classes: int, in_channels: int = 3,
                 imagenet_state: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """A ResNet for `num_classes`; `imagenet_state` (torchvision's 1000-class weights)
     fills every layer but the classifier, then `weights` (a local file) on top."""
-    builder = _BUILDERS.get(name)
-    if builder is None:
+    if name not in ARCHITECTURES:
         raise ConfigError(f"unknown model {name!r}.", key="model.name",
-                          fix=f"use one of: {', '.join(_BUILDERS)}.")
-    model = builder(weights=None, num_classes=num_classes)
-    if in_channels != 3:
-        # Grayscale themes keep one channel end to end instead of tripling the data.
-        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+                          fix=f"use one of: {', '.join(ARCHITECTURES)}.")
+    # The shipped model (theme_classifier) builds the same network to load the weights.
+    model = build_network(name, num_classes=num_classes, in_channels=in_channels)
     if imagenet_state is not None:
         load_imagenet_backbone(model, imagenet_state, in_channels=in_channels)
     if weights:

@@ -6,11 +6,8 @@ class names out, with the study's preprocessing and the trial's normalization in
 
 from __future__ import annotations
 
-import io
-from pathlib import Path
-
 from theme_classifier.preprocess import Preprocessing
-from tuning import mlflow_runs, model_package
+from tuning import mlflow_runs, model_package, storage
 from tuning.ledger import TrialRecord
 
 
@@ -30,20 +27,11 @@ class ModelLogger:
     def _checkpoint_state(self, fs_path: str) -> dict:
         # Tune gives a checkpoint's path on the storage's own filesystem ("bucket/key"
         # on S3): read it through the filesystem of ray.storage_path, as Tune wrote it.
-        import torch
+        from tuning.trainable import CHECKPOINT_FILE
 
-        from tuning.cluster import is_remote_storage
-        from tuning.trainable import CHECKPOINT_FILE, load_state_dict
-
-        storage = self.plan.config.infra.ray.storage_path
-        if not is_remote_storage(storage):
-            return load_state_dict(Path(fs_path))
-        import pyarrow.fs
-
-        fs, _ = pyarrow.fs.FileSystem.from_uri(storage)
-        with fs.open_input_stream(f"{fs_path.rstrip('/')}/{CHECKPOINT_FILE}") as f:
-            data = f.readall()
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        data = storage.read_on_storage(self.plan.config.infra.ray.storage_path,
+                                       f"{fs_path.rstrip('/')}/{CHECKPOINT_FILE}")
+        return storage.torch_load(data)
 
     def _log(self, run_id: str, record: TrialRecord, *, name: str) -> tuple[str, Preprocessing]:
         network, params, preprocessing = self.package(record)

@@ -9,7 +9,6 @@ run and Ray trial ids, so that optuna-dashboard reads a study as MLflow does.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,8 +19,9 @@ from ray.tune.search.optuna import OptunaSearch
 from sqlalchemy.exc import SQLAlchemyError
 
 from tuning.errors import StorageError
+from tuning.numbers import is_finite_number
 from tuning.params import epoch_metric_for, is_final_result
-from tuning.resume import absolute_url
+from tuning.storage import absolute_url
 
 
 # Set on each Optuna trial this searcher asks for: after a driver crash, the RUNNING
@@ -35,10 +35,10 @@ RAY_TRIAL_ATTR = "ray.trial_id"
 
 
 class StudySearch(OptunaSearch):
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, origin: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        # Both are kept in Tune's searcher snapshots (OptunaSearch pickles __dict__).
-        self.origin: str | None = None  # the parent run id, set by run_study (ORIGIN_ATTR)
+        # These are kept in Tune's searcher snapshots (OptunaSearch pickles __dict__).
+        self.origin = origin  # the study's MLflow parent run id (ORIGIN_ATTR)
         # trial id -> (state, value) found already recorded when resuming (see decide).
         self.decided: dict[str, tuple[str, float | None]] = {}
         # trial id -> epochs reported to Optuna: a retried or resumed trial re-runs the
@@ -96,7 +96,7 @@ class StudySearch(OptunaSearch):
         # Ray scheduler's job.
         value = result.get(epoch_metric_for(self.metric))
         step = result.get("epoch", result.get("training_iteration"))
-        if not _finite_number(value) or not _finite_number(step) or step < 0:
+        if not is_finite_number(value) or not is_finite_number(step) or step < 0:
             return
         step = int(step)
         if step in self.reported_steps.get(trial_id, ()):
@@ -131,7 +131,7 @@ class StudySearch(OptunaSearch):
             # Optuna then gives it its last intermediate value (the validation metric
             # where it stopped) as its value: never a test metric.
             state, value = TrialState.PRUNED, None
-        elif not _finite_number(value):
+        elif not is_finite_number(value):
             state, value = TrialState.FAIL, None
         else:
             state = TrialState.COMPLETE
@@ -149,11 +149,6 @@ class StudySearch(OptunaSearch):
     @property
     def study(self) -> optuna.Study:
         return self._ot_study
-
-
-def _finite_number(value: Any) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value))
 
 
 def open_storage(url: str | None) -> optuna.storages.BaseStorage | None:

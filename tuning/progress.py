@@ -3,10 +3,10 @@ logs` and in a CI log alike, so it prints lines rather than redrawing the screen
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import TextIO
 
+from tuning import output
 from tuning.ledger import COMPLETE, FAIL, KILLED, PRUNED, RUNNING, StudyLedger
 
 
@@ -52,6 +52,9 @@ class ProgressDisplay:
         line = progress_line(ledger, now)
         if line == self._last_line:
             return
-        print(line, file=self.stream or sys.stdout, flush=True)
+        if self.stream is None:
+            output.say(line.removeprefix("[themetune] "))
+        else:
+            print(line, file=self.stream, flush=True)
         self._last_line = line
         self._last_print = now

@@ -51,7 +51,7 @@ class TrialResult:
 @dataclass(frozen=True)
 class TrialEnd:
     number: int
-    state: str                    # "COMPLETE" | "PRUNED" | "FAIL" | "KILLED"
+    state: str                    # a TrialState (tuning.states) other than RUNNING
     value: float | None
     error: str | None = None
     ended_at: datetime = field(default_factory=datetime.now)
@@ -59,7 +59,7 @@ class TrialEnd:
 
 @dataclass(frozen=True)
 class StudyEnd:
-    status: str                   # "completed" | "failed" | "killed"
+    status: str                   # a StudyStatus: COMPLETED, FAILED or KILLED
     best_value: float | None
     best_params: dict[str, Any] | None
     best_trial_number: int | None

@@ -19,7 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuning.cluster import is_remote_storage
+from tuning import storage
+from tuning.storage import absolute_url  # noqa: F401  (imported from here by older code)
 from tuning.errors import ThemetuneError
 
 RESUME_FILE = "themetune_resume.json"
@@ -50,16 +51,13 @@ class ResumeInfo:
 
     def config_folder(self) -> Path:
         """The config copies, as local files (downloaded first from s3:// and the like)."""
-        if not _is_uri(self.experiment_path):
+        if not storage.is_remote_storage(self.experiment_path):
             return Path(self.experiment_path) / CONFIG_COPY
         local = Path(tempfile.mkdtemp(prefix="themetune-resume-"))
         for name in CONFIG_NAMES:
             (local / f"{name}.yaml").write_bytes(
-                _read(f"{self.experiment_path}/{CONFIG_COPY}/{name}.yaml"))
+                storage.read_bytes(f"{self.experiment_path}/{CONFIG_COPY}/{name}.yaml"))
         return local
-
-    def command(self) -> str:
-        return resume_command(self.experiment_path)
 
     def config_files(self):
         from tuning.config import ConfigFiles
@@ -76,67 +74,18 @@ def resume_command(experiment_path: str) -> str:
     return f"python launch.py --resume {shlex.quote(str(experiment_path))}"
 
 
-def absolute_url(url: str | None) -> str | None:
-    """sqlite:///relative.db -> sqlite:////abs/relative.db, so that a resume (or a
-    restored pickle) finds the same file from any working directory."""
-    if url is None or not url.startswith("sqlite:///"):
-        return url
-    path = url[len("sqlite:///"):]
-    if not path or path.startswith("/") or path.startswith(":memory:"):
-        return url
-    return "sqlite:///" + str(Path(path).resolve())
-
-
-# Tune's storage may be a local or NFS folder or a URI (s3://, gs://): the files go
-# through pyarrow's filesystems, as Tune's own do.
-
-_is_uri = is_remote_storage
-
-
-def _fs(path: str):
-    import pyarrow.fs
-
-    if _is_uri(path):
-        return pyarrow.fs.FileSystem.from_uri(path)
-    return pyarrow.fs.LocalFileSystem(), str(Path(path.removeprefix("file://")))
-
-
-def _read(path: str) -> bytes:
-    fs, fs_path = _fs(path)
-    with fs.open_input_stream(fs_path) as f:
-        return f.readall()
-
-
-def _write(path: str, data: bytes) -> None:
-    """Whole or not at all: written beside, then moved over (a rename on a local disk)."""
-    fs, fs_path = _fs(path)
-    parent, name = fs_path.rsplit("/", 1)
-    tmp = f"{parent}/.{name}.tmp"
-    with fs.open_output_stream(tmp) as f:
-        f.write(data)
-    fs.move(tmp, fs_path)
-
-
-def _exists(path: str) -> bool:
-    import pyarrow.fs
-
-    fs, fs_path = _fs(path)
-    return fs.get_file_info(fs_path).type != pyarrow.fs.FileType.NotFound
-
-
 def save(info: ResumeInfo, config_files: dict[str, Path]) -> None:
     """Write the resume file and the config copies."""
-    fs, fs_path = _fs(info.experiment_path)
-    fs.create_dir(f"{fs_path}/{CONFIG_COPY}")
+    storage.make_folder(f"{info.experiment_path}/{CONFIG_COPY}")
     for name in CONFIG_NAMES:
         target = f"{info.experiment_path}/{CONFIG_COPY}/{name}.yaml"
-        if not _exists(target):
-            _write(target, Path(config_files[name]).read_bytes())
+        if not storage.exists(target):
+            storage.write_bytes(target, Path(config_files[name]).read_bytes())
     update(info)
 
 
 def update(info: ResumeInfo) -> None:
-    _write(f"{info.experiment_path}/{RESUME_FILE}",
+    storage.write_bytes(f"{info.experiment_path}/{RESUME_FILE}",
            json.dumps(asdict(info), indent=2).encode("utf-8"))
 
 
@@ -147,9 +96,9 @@ def why_not_resumable(experiment_path: str) -> str | None:
     if not experiment_path:
         return "the study never reached Ray Tune"
     try:
-        if not _exists(f"{experiment_path.rstrip('/')}/{RESUME_FILE}"):
+        if not storage.exists(f"{experiment_path.rstrip('/')}/{RESUME_FILE}"):
             return f"{experiment_path} holds no {RESUME_FILE}"
-        data = json.loads(_read(f"{experiment_path.rstrip('/')}/{RESUME_FILE}").decode("utf-8"))
+        data = json.loads(storage.read_bytes(f"{experiment_path.rstrip('/')}/{RESUME_FILE}").decode("utf-8"))
     except (OSError, ValueError) as exc:
         return f"{experiment_path} cannot be read ({exc})"
     if data.get("finished"):
@@ -159,20 +108,20 @@ def why_not_resumable(experiment_path: str) -> str | None:
 
 def load(path: str | Path) -> ResumeInfo:
     folder = str(path).rstrip("/")
-    if not _is_uri(folder):
+    if not storage.is_remote_storage(folder):
         folder = str(Path(folder.removeprefix("file://")).expanduser().resolve())
     meta = f"{folder}/{RESUME_FILE}"
-    if not _exists(folder):
+    if not storage.exists(folder):
         raise ResumeError(f"experiment folder {folder} does not exist.", key="--resume",
                           fix="pass the folder printed when the study started "
                               "(under ray.storage_path).")
-    if not _exists(meta):
+    if not storage.exists(meta):
         raise ResumeError(f"{folder} is not a themetune experiment folder (no {RESUME_FILE}).",
                           key="--resume",
                           fix="pass the folder printed when the study started "
                               "(under ray.storage_path).")
     try:
-        data = json.loads(_read(meta).decode("utf-8"))
+        data = json.loads(storage.read_bytes(meta).decode("utf-8"))
         data["experiment_path"] = folder  # the folder may have moved since
         info = ResumeInfo(**data)
     except (ValueError, TypeError) as exc:
@@ -193,7 +142,7 @@ def load(path: str | Path) -> ResumeInfo:
 
 def latest(storage_path: str, study_name: str | None) -> Path:
     """The newest unfinished themetune experiment under Tune's storage path."""
-    if _is_uri(storage_path):
+    if storage.is_remote_storage(storage_path):
         raise ResumeError(f"--resume without a folder looks only in local folders, and "
                           f"ray.storage_path is {storage_path}.", key="--resume",
                           fix="pass the experiment URI printed when the study started.")
@@ -237,7 +186,7 @@ def check_same(info: ResumeInfo, *, theme_id: int | None, storage: str | None,
 
 def mark_finished(experiment_path: str) -> None:
     """The study ended and its model is registered: a later --resume is refused."""
-    info = ResumeInfo(**json.loads(_read(f"{experiment_path}/{RESUME_FILE}").decode("utf-8")))
+    info = ResumeInfo(**json.loads(storage.read_bytes(f"{experiment_path}/{RESUME_FILE}").decode("utf-8")))
     info.finished = True
     update(info)
 
@@ -269,17 +218,15 @@ def restore_tuner(experiment_path: str, trainable, *, searcher, scheduler, callb
     return tuner
 
 
-def request(value: str, *, args, files) -> ResumeInfo:
-    """What `--resume [EXPERIMENT_DIR]` asks for, checked against the other flags."""
+def request(value: str, *, config_file: Path, theme_id: int | None, storage: str | None,
+            study_name: str | None, overrides: dict[str, Any]) -> ResumeInfo:
+    """What `--resume [EXPERIMENT_DIR]` asks for, checked against the other flags
+    (`overrides`: n_trials, timeout, max_concurrent_trials as given, None if not)."""
     if value == "latest":
-        from tuning.config import _validate
-        from tuning.config_errors import read_yaml
-        from tuning.infra import InfraConfig
+        from tuning.config import load_infra_config
 
-        infra = _validate(InfraConfig, read_yaml(files.config), file=str(files.config))
-        value = str(latest(infra.ray.storage_path, args.study_name))
+        value = str(latest(load_infra_config(config_file).ray.storage_path, study_name))
     info = load(value)
-    check_same(info, theme_id=args.theme_id, storage=args.storage, study_name=args.study_name,
-               overrides={"n_trials": args.n_trials, "timeout": args.timeout,
-                          "max_concurrent_trials": args.max_concurrent_trials})
+    check_same(info, theme_id=theme_id, storage=storage, study_name=study_name,
+               overrides=overrides)
     return info

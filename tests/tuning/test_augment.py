@@ -1,4 +1,4 @@
-"""augment_batch and to_float_batch: batch ops that keep shape, dtype and device."""
+"""augment_batch: batch ops that keep shape, dtype and device."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tuning.augment import AugmentSettings, augment_batch, normalize_batch, to_float_batch
-from tuning.errors import ConfigError
+from tuning.augment import AugmentSettings, augment_batch
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 ALL = AugmentSettings(horizontal_flip=0.5, vertical_flip=0.5, random_crop_padding=2,
@@ -111,28 +110,3 @@ def test_generator_on_another_device_is_refused():
         pytest.skip("needs CUDA")
     with pytest.raises(ValueError, match="generator"):
         augment_batch(batch("cuda"), ALL, generator("cpu"))
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_to_float_batch_normalizes_per_channel(device):
-    x = torch.tensor([0, 255], dtype=torch.uint8, device=device).reshape(1, 1, 1, 2)
-    x = x.repeat(1, 3, 1, 1)
-    y = to_float_batch(x, (0.5, 0.0, 1.0), (0.5, 1.0, 2.0))
-    assert y.dtype == torch.float32 and y.device == x.device
-    expected = torch.tensor([[-1.0, 1.0], [0.0, 1.0], [-0.5, 0.0]], device=device)
-    assert torch.allclose(y[0, :, 0], expected)
-    assert torch.allclose(to_float_batch(x, 0.0, 1.0)[0, :, 0, 1], torch.ones(3, device=device))
-    in_unit_range = to_float_batch(x, 0.0, 1.0)
-    assert torch.equal(normalize_batch(in_unit_range, (0.5, 0.0, 1.0), (0.5, 1.0, 2.0)), y)
-
-
-def test_to_float_batch_rejects_float_input():
-    with pytest.raises(TypeError):
-        to_float_batch(torch.zeros(1, 1, 1, 1), 0.0, 1.0)
-
-
-@pytest.mark.parametrize("change", [{"horizontal_flip": 1.5}, {"vertical_flip": -0.1},
-                                    {"brightness": 2.0}, {"random_crop_padding": -1}])
-def test_out_of_range_settings_are_config_errors(change):
-    with pytest.raises(ConfigError, match="augments.yaml"):
-        AugmentSettings(**change)

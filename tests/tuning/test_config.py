@@ -192,6 +192,12 @@ BAD_CASES = [
      "data.channels", "1 or 3"),
     ("patch larger than image", PARAMS, lambda d: d.update({"preprocessing": {
         "patch": {"enabled": True, "size": 64}}}), PARAMS, None, "patch.size must be <="),
+    ("patch stride zero", PARAMS, lambda d: d.update({"preprocessing": {
+        "patch": {"enabled": True, "size": 8, "stride": 0}}}), PARAMS,
+     "preprocessing.patch.stride", "greater than or equal to 1"),
+    ("train fraction zero", PARAMS, lambda d: d["data"].update(
+        {"split_ratio": {"train": 0.0, "valid": 0.5, "test": 0.5}}), PARAMS,
+     "data.split_ratio.train", "greater than 0"),
     ("brightness method", PARAMS, lambda d: d.update({"preprocessing": {
         "brightness_correction": {"enabled": True, "method": "gamma"}}}), PARAMS,
      "preprocessing.brightness_correction.method", "histogram_equalization"),

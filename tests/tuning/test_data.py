@@ -12,7 +12,7 @@ from PIL import Image
 
 import tuning.data as data
 from tuning.data import PreprocessSettings, prepare_data
-from tuning.errors import ConfigError, DataError
+from tuning.errors import DataError
 from tuning.theme import Sample, ThemeSpec
 
 BASE = PreprocessSettings(image_size=8, channels=3, brightness=None, patch_size=None,
@@ -370,14 +370,3 @@ def test_symlink_inside_media_root_is_accepted(tmp_path):
     assert len(prepare(theme).train) == 2
 
 
-@pytest.mark.parametrize("change", [
-    {"patch_size": 16},
-    {"patch_size": 4, "patch_stride": 0},
-    {"split": (0.5, 0.2, 0.2)},
-    {"split": (0.0, 0.5, 0.5)},
-    {"channels": 4},
-    {"brightness": "gamma"},
-])
-def test_impossible_settings_are_config_errors(change):
-    with pytest.raises(ConfigError):
-        replace(BASE, **change)
