@@ -4,6 +4,16 @@ from __future__ import annotations
 
 from django.db import models
 
+from tuning.states import StudyStatus, TrialState
+
+
+def _choices(qualname: str, states: type[StudyStatus | TrialState]) -> type[models.TextChoices]:
+    """Django's choices for one of tuning.states' enums: the same values, so that the
+    database, the driver and the web UI share one vocabulary."""
+    return models.TextChoices(qualname.rsplit(".", 1)[-1],
+                              [(member.name, member.value) for member in states],
+                              module=__name__, qualname=qualname)
+
 
 class Theme(models.Model):
     name = models.CharField(max_length=200, unique=True)
@@ -43,12 +53,7 @@ class ThemeImage(models.Model):
 
 
 class TuningStudy(models.Model):
-    class Status(models.TextChoices):
-        PENDING = "pending"
-        RUNNING = "running"
-        COMPLETED = "completed"
-        FAILED = "failed"
-        KILLED = "killed"
+    Status = _choices("TuningStudy.Status", StudyStatus)
 
     class Direction(models.TextChoices):
         MAXIMIZE = "maximize"
@@ -70,7 +75,7 @@ class TuningStudy(models.Model):
     n_trials = models.PositiveIntegerField()
     resolved_config = models.JSONField(default=dict)
     optuna_study_name = models.CharField(max_length=200)
-    # Stored without a password (see services._redact_url).
+    # Stored without a password (see services.studies._redact_url).
     optuna_storage = models.CharField(max_length=500, blank=True)
     mlflow_experiment_id = models.CharField(max_length=64, blank=True)
     mlflow_parent_run_id = models.CharField(max_length=64, blank=True)
@@ -115,12 +120,7 @@ class TuningStudy(models.Model):
 
 class TuningTrial(models.Model):
     # Optuna's state names, so that the two records read alike.
-    class State(models.TextChoices):
-        RUNNING = "RUNNING"
-        COMPLETE = "COMPLETE"
-        PRUNED = "PRUNED"
-        FAIL = "FAIL"
-        KILLED = "KILLED"
+    State = _choices("TuningTrial.State", TrialState)
 
     study = models.ForeignKey(TuningStudy, on_delete=models.CASCADE, related_name="trials")
     number = models.PositiveIntegerField(help_text="Optuna's trial number.")

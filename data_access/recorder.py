@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import TextIO
 
 from django.db import DatabaseError, IntegrityError, connection, transaction
@@ -18,6 +17,7 @@ from django.db import DataError as DatabaseDataError
 
 from data_access import services
 from data_access.db import database_description
+from tuning.processes import process_start_time
 from tuning.recording import StudyEnd, StudyStart, TrialEnd, TrialResult, TrialStart
 
 Event = StudyStart | TrialStart | TrialResult | TrialEnd | StudyEnd
@@ -120,7 +120,7 @@ class DjangoStudyRecorder:
             if self._existing_id is not None:
                 self.study_id = services.study_start_existing(
                     study_id=self._existing_id, event=event, driver_pid=os.getpid(),
-                    driver_start=_own_start_time()).id
+                    driver_start=process_start_time()).id
             else:
                 self.study_id = services.study_create(theme_id=event.theme_id,
                                                       event=event).id
@@ -146,14 +146,3 @@ class DjangoStudyRecorder:
     def _warn(self, message: str) -> None:
         stream = self._stream if self._stream is not None else sys.stderr
         print(f"themetune: warning: {message}", file=stream, flush=True)
-
-
-def _own_start_time() -> str:
-    """This process's start time (Linux clock ticks since boot, field 22 of
-    /proc/self/stat): with the pid, it tells this process from a later one with the
-    same pid. Empty where /proc does not exist."""
-    try:
-        stat = Path("/proc/self/stat").read_text()
-    except OSError:
-        return ""
-    return stat.rsplit(")", 1)[1].split()[19]

@@ -13,6 +13,7 @@ from django.db.models import Count
 from data_access.db import database_description, database_errors_as_theme_errors
 from data_access.models import Theme, ThemeImage, TuningParamConfig, TuningStudy, TuningTrial
 from tuning.errors import ThemeError, ThemetuneError
+from tuning.states import ACTIVE_STATUSES
 from tuning.theme import Sample, ThemeSpec
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "theme_get_spec",
     "theme_image_file",
     "theme_list",
+    "theme_not_found",
     "theme_sample_images",
     "trial_list",
 ]
@@ -45,6 +47,12 @@ THEME_LIST_FIX = (
 
 class StudyNotFoundError(ThemetuneError):
     """No study has the id asked for."""
+
+
+def theme_not_found(theme_id: int) -> ThemeError:
+    """The error for a theme id that no row has, as the CLI and the web UI show it."""
+    return ThemeError(f"Theme {theme_id} not found in database {database_description()}.",
+                      fix=THEME_LIST_FIX)
 
 
 @dataclass(frozen=True)
@@ -105,7 +113,7 @@ class StudyInfo:
 
     @property
     def is_active(self) -> bool:
-        return self.status in (TuningStudy.Status.PENDING, TuningStudy.Status.RUNNING)
+        return self.status in ACTIVE_STATUSES
 
 
 @dataclass(frozen=True)
@@ -133,10 +141,7 @@ def theme_get_spec(*, theme_id: int) -> ThemeSpec:
     with database_errors_as_theme_errors():
         theme = Theme.objects.filter(pk=theme_id).first()
         if theme is None:
-            raise ThemeError(
-                f"Theme {theme_id} not found in database {database_description()}.",
-                fix=THEME_LIST_FIX,
-            )
+            raise theme_not_found(theme_id)
         rows = list(theme.images.order_by("id").values_list("image", "label"))
     if not rows:
         raise ThemeError(
@@ -305,17 +310,12 @@ class ImageRef:
     label: str
 
 
-def _theme_not_found(theme_id: int) -> ThemeError:
-    return ThemeError(f"Theme {theme_id} not found in database {database_description()}.",
-                      fix=THEME_LIST_FIX)
-
-
 def theme_get(*, theme_id: int) -> ThemeDetail:
     """One theme with its images counted per class. Raises ThemeError when missing."""
     with database_errors_as_theme_errors():
         theme = Theme.objects.filter(pk=theme_id).first()
         if theme is None:
-            raise _theme_not_found(theme_id)
+            raise theme_not_found(theme_id)
         counts = tuple(
             (row["label"], row["n"])
             for row in theme.images.values("label").annotate(n=Count("id")).order_by("label")
@@ -365,5 +365,5 @@ def study_list(*, limit: int | None = None) -> list[StudyInfo]:
 
 def study_list_active() -> list[StudyInfo]:
     """Studies not yet ended (pending or running), oldest first."""
-    return [_study_info(s) for s in _studies().filter(
-        status__in=(TuningStudy.Status.PENDING, TuningStudy.Status.RUNNING)).order_by("id")]
+    return [_study_info(s)
+            for s in _studies().filter(status__in=ACTIVE_STATUSES).order_by("id")]

@@ -83,6 +83,11 @@ class StudyCallback(tune.Callback):
                                                mlflow_run_id=record.child_run_id))
         self.progress.update(self.ledger)
 
+    def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        # Tune's loop turns several times a second: a progress line still comes every
+        # min_interval_s while no trial reports (a long epoch, a trial waiting for room).
+        self.progress.update(self.ledger)
+
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         record = self.ledger.get(trial.trial_id)
         if record is None or record.state in FINAL_STATES:

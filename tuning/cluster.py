@@ -13,6 +13,8 @@ from tuning.infra import RaySection
 from tuning.storage import is_remote_storage, local_storage_path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+# The trial imports the shipped model's preprocessing: workers need both packages.
+CLASSIFIER_DIR = PACKAGE_DIR.parent / "theme_classifier"
 
 
 def ensure_ray(section: RaySection) -> None:
@@ -26,7 +28,8 @@ def ensure_ray(section: RaySection) -> None:
         address = section.address or os.environ["RAY_ADDRESS"]
         # Inside a Ray job the job's working_dir already carries the code; a driver
         # that joins a cluster by itself ships the tuning package to the workers.
-        runtime_env = None if in_ray_job() else {"py_modules": [str(PACKAGE_DIR)]}
+        runtime_env = None if in_ray_job() else {"py_modules": [str(PACKAGE_DIR),
+                                                               str(CLASSIFIER_DIR)]}
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
         return
     # Local workers start in Ray's session folder: point them at this checkout.

@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from tuning.errors import StorageError
 from tuning.numbers import is_finite_number
 from tuning.params import epoch_metric_for, is_final_result
-from tuning.storage import absolute_url
+from tuning.storage import absolute_url, journal_path
 
 
 # Set on each Optuna trial this searcher asks for: after a driver crash, the RUNNING
@@ -155,15 +155,11 @@ def open_storage(url: str | None) -> optuna.storages.BaseStorage | None:
     """An Optuna storage for a URL: an RDB URL, or a journal file (`journal:PATH`, *.log)."""
     if url is None:
         return None
-    journal_path = None
-    if url.startswith("journal:"):
-        journal_path = url[len("journal:"):].removeprefix("//")
-    elif "://" not in url and url.endswith((".log", ".jsonl", ".journal")):
-        journal_path = url
-    if journal_path is not None:
+    journal = journal_path(url)
+    if journal is not None:
         # Absolute: Tune's snapshots pickle the storage, and a resumed driver may run
         # from another working directory.
-        path = Path(journal_path).expanduser().resolve()
+        path = Path(journal).expanduser().resolve()
         if not path.parent.is_dir():
             raise StorageError(f"folder of the journal file does not exist: {path.parent}.",
                                key="--storage", fix="create the folder or use another path.")

@@ -171,10 +171,26 @@ def check_model_choices(config, *, warn: Callable[[str], None]) -> list[str]:
     return sorted({c.name for c in choices if c.pretrained}, key=list(IMAGENET_WEIGHTS).index)
 
 
+def check_weights_files(config) -> None:
+    """Each model.weights file a trial would load, loaded now into its architecture: a
+    missing or unfit file is a start-up error, not a FAILED trial after Ray started."""
+    from tuning.model import build_model
+
+    file, key = _where(config, "model.weights")
+    for name, weights in sorted({(c.name, c.weights) for c in model_choices(config)
+                                 if c.weights}):
+        try:
+            build_model(name, num_classes=2, in_channels=config.params.data.channels,
+                        weights=weights)
+        except ConfigError as exc:
+            raise ConfigError(exc.message, file=file, key=key, fix=exc.fix) from None
+
+
 def load_study_weights(config, *, progress: Callable[[str], None]) -> dict[str, StateDict]:
     """The ImageNet state dict of each architecture some trial starts pretrained, read once
     on the driver; checks every file before reading any, so one error names them all."""
     names = check_model_choices(config, warn=lambda m: progress(f"warning: {m}"))
+    check_weights_files(config)
     missing = [n for n in names if not weights_file(n).is_file()]
     if missing:
         file, key = _where(config, "model.pretrained")

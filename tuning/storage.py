@@ -49,6 +49,16 @@ def absolute_url(url: str | None) -> str | None:
     return "sqlite:///" + str(Path(path).resolve())
 
 
+def journal_path(url: str) -> str | None:
+    """The file of an Optuna journal storage (`journal:PATH`, or a path ending in .log,
+    .jsonl or .journal); None for a database URL."""
+    if url.startswith("journal:"):
+        return url[len("journal:"):].removeprefix("//")
+    if "://" not in url and url.endswith((".log", ".jsonl", ".journal")):
+        return url
+    return None
+
+
 def filesystem(path: str):
     """(pyarrow filesystem, path on it) for a local path or a storage URI."""
     import pyarrow.fs

@@ -7,7 +7,6 @@ TuningParamConfig distributions, and handed to optuna.visualization.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,9 +15,11 @@ import optuna
 from django.utils.translation import gettext_lazy as _
 from optuna.distributions import (BaseDistribution, CategoricalDistribution,
                                   FloatDistribution, IntDistribution)
-from optuna.trial import TrialState
+from optuna.trial import TrialState as OptunaState
 
 from data_access.selectors import ParamConfigInfo, StudyInfo, TrialInfo
+from tuning.numbers import is_finite_number
+from tuning.states import TrialState
 
 # Optuna logs each study creation at INFO; one per plot request is noise.
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -61,8 +62,10 @@ class PlotUnavailable(Exception):
     """Not enough finished trials yet for this plot."""
 
 
-_STATES = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED,
-           "FAIL": TrialState.FAIL, "KILLED": TrialState.FAIL, "RUNNING": TrialState.RUNNING}
+# A trial killed with its study is, to Optuna, one that failed.
+_STATES = {TrialState.COMPLETE: OptunaState.COMPLETE, TrialState.PRUNED: OptunaState.PRUNED,
+           TrialState.FAIL: OptunaState.FAIL, TrialState.KILLED: OptunaState.FAIL,
+           TrialState.RUNNING: OptunaState.RUNNING}
 
 
 def _distribution(config: ParamConfigInfo) -> BaseDistribution:
@@ -88,15 +91,15 @@ def optuna_study(study: StudyInfo, trials: list[TrialInfo]) -> optuna.Study:
                                   study_name=study.optuna_study_name or study.name)
     frozen = []
     for trial in trials:
-        state = _STATES.get(trial.state, TrialState.FAIL)
+        state = _STATES.get(trial.state, OptunaState.FAIL)
         value = trial.value
-        if state == TrialState.COMPLETE and (value is None or not math.isfinite(value)):
-            state, value = TrialState.FAIL, None
+        if state == OptunaState.COMPLETE and not is_finite_number(value):
+            state, value = OptunaState.FAIL, None
         # A value outside the recorded space (edited config, old row) cannot be plotted.
         params = {name: v for name, v in trial.params.items()
                   if name in distributions and _fits(distributions[name], v)}
         frozen.append(optuna.trial.create_trial(
-            state=state, value=value if state == TrialState.COMPLETE else None,
+            state=state, value=value if state == OptunaState.COMPLETE else None,
             params=params, distributions={n: distributions[n] for n in params},
             user_attrs={"number": trial.number}))
     rebuilt.add_trials(frozen)
@@ -105,7 +108,7 @@ def optuna_study(study: StudyInfo, trials: list[TrialInfo]) -> optuna.Study:
 
 def figure_json(kind: PlotKind, study: StudyInfo, trials: list[TrialInfo]) -> str:
     """The plotly figure as JSON. Raises PlotUnavailable while too few trials finished."""
-    complete = sum(1 for t in trials if t.state == "COMPLETE" and t.value is not None)
+    complete = sum(1 for t in trials if t.state == TrialState.COMPLETE and t.value is not None)
     if complete < kind.min_complete:
         raise PlotUnavailable(kind.min_complete)
     figure = kind.draw(optuna_study(study, trials))

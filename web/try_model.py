@@ -25,10 +25,10 @@ from django.conf import settings
 from django.core.files.uploadhandler import FileUploadHandler, SkipFile, StopUpload
 from django.utils.translation import gettext as _
 
-from data_access.models import TuningStudy
 from data_access.selectors import StudyInfo
 from tuning.errors import ThemetuneError
 from tuning.infra import MlflowSection
+from tuning.states import StudyStatus
 
 PERMISSION = "data_access.try_model"
 FIELD = "images"            # the form's multi-file input
@@ -64,7 +64,7 @@ def form_context(theme_name: str) -> dict:
 
 
 def newest_completed(studies: list[StudyInfo]) -> StudyInfo | None:
-    completed = [s for s in studies if s.status == TuningStudy.Status.COMPLETED]
+    completed = [s for s in studies if s.status == StudyStatus.COMPLETED]
     return max(completed, key=lambda s: s.id, default=None)
 
 

@@ -129,3 +129,56 @@ def test_reliability_mlflow_server_down_at_start_exits_2(site, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
     assert "does not answer" in lines[0] and "MLFLOW_TRACKING_URI" in lines[0]
     assert not (tmp_path / "configs" / "ray_results").exists()   # nothing was started
+
+
+def test_reliability_mlflow_outage_longer_than_budget_exits_1_with_resume_command(
+        site, mlflow_server, tmp_path):
+    """An outage longer than THEMETUNE_MLFLOW_OUTAGE_S stops the study: exit 1, one
+    error line naming the budget, and the command that continues the study."""
+    from tests.reliability.reliability_helpers import Driver
+    from tuning.resume import why_not_resumable
+
+    budget_s = 5
+    env = {**site["env"], "MLFLOW_TRACKING_URI": mlflow_server.uri,
+           "THEMETUNE_MLFLOW_OUTAGE_S": str(budget_s)}
+    # Long enough that the study is still running whenever the server goes away.
+    configs = tiny_config_files(
+        tmp_path / "configs", n_trials=20, epochs=20,
+        infra={"mlflow": {"log_models": "none"},
+               "ray": {"storage_path": str(tmp_path / "configs" / "ray_results")},
+               "resources": {"cpu": 1, "gpu": 0}, "max_concurrent_trials": 1,
+               "cache_dir": str(tmp_path / "cache")})
+    client = MlflowClient(mlflow_server.uri)
+    driver = Driver(env, tmp_path, "--theme-id", site["theme_id"], "--configs", configs)
+    try:
+        started = driver.wait_for(lambda line: "continue with: " in line, timeout=400)
+        # The outage starts once a trial's first epoch is in MLflow.
+        deadline = time.time() + 400
+        epoch_logged = False
+        while time.time() < deadline and not epoch_logged:
+            runs = [r for e in client.search_experiments()
+                    for r in client.search_runs([e.experiment_id],
+                                                filter_string="tags.`ray.pid` != ''")]
+            epoch_logged = any(client.get_metric_history(r.info.run_id, "valid_loss")
+                               for r in runs)
+            if not epoch_logged:
+                time.sleep(0.5)   # polling interval, not a synchronisation
+        assert epoch_logged, "no epoch reached MLflow:\n" + "".join(driver.lines[-40:])
+        mlflow_server.stop()
+        down = time.time()
+        code = driver.wait(timeout=400)
+        ended = time.time()
+    finally:
+        driver.close()
+    output = driver.output
+    assert code == 1, output[-4000:]
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, output[-4000:]
+    assert "THEMETUNE_MLFLOW_OUTAGE_S" in errors[0] and f"more than {budget_s} s" in errors[0]
+    resume_cmd = started.split("continue with: ")[1].strip()
+    assert f"continue it with: {resume_cmd}" in output
+    # It waited out the budget (the server's absence, not a first failed call, ended it),
+    # and no more than a generous bound beyond it.
+    assert budget_s <= ended - down < budget_s + 240, ended - down
+    experiment = resume_cmd.split("--resume ")[1]
+    assert why_not_resumable(experiment) is None   # the printed command can continue it

@@ -126,21 +126,6 @@ def make_study(db):
     return make
 
 
-def launch_supports_record_id() -> bool:
-    """True once launch.py has --record-id (see tests/web/launch_with_record.py)."""
-    import contextlib
-    import io
-
-    import launch
-
-    with contextlib.redirect_stderr(io.StringIO()):
-        try:
-            launch.parse_args(["--record-id", "1"])
-        except SystemExit:
-            return False
-    return True
-
-
 def chromium_path() -> str | None:
     """/usr/bin/chromium, installed with `make browser` if it is missing."""
     path = Path("/usr/bin/chromium")

@@ -16,7 +16,7 @@ import yaml
 
 from data_access import selectors
 from data_access.models import TuningStudy
-from tests.web.conftest import PASSWORD, SCREENSHOTS, chromium_path, launch_supports_record_id
+from tests.web.conftest import PASSWORD, SCREENSHOTS, chromium_path
 from web.launch import local
 
 pytestmark = [pytest.mark.browser, pytest.mark.ray, pytest.mark.django_db(transaction=True)]
@@ -54,13 +54,11 @@ def browser_page(live_server, monkeypatch):
 
 
 @pytest.fixture
-def launched(settings, tmp_path, monkeypatch):
-    """Real launches: launch.py (or, until it has --record-id, tests' wrapper of it),
-    MLflow in this test's folder; every process is gone after the test."""
+def launched(tmp_path, monkeypatch):
+    """Real launches: launch.py, MLflow in this test's folder; every process is gone
+    after the test."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    if not launch_supports_record_id():
-        settings.THEMETUNE_LAUNCH_SCRIPT = str(Path(__file__).with_name("launch_with_record.py"))
     yield
     for study in TuningStudy.objects.exclude(process_id=None):
         ref = local.ProcessRef(study.process_id, study.process_start)

@@ -95,8 +95,8 @@ def test_too_many_cpus_is_refused_as_the_cli_refuses_it(client, tuner, form_valu
 def test_valid_form_writes_the_files_launch_py_reads(client, tuner, theme, form_values,
                                                      settings, monkeypatch):
     started = []
-    monkeypatch.setattr("web.launch._start_local",
-                        lambda study_id, folder, args: started.append((study_id, folder)))
+    monkeypatch.setattr("web.launch.start._start_local",
+                        lambda study_id, folder, args, **_: started.append((study_id, folder)))
     form_values.update(n_trials="5", study_name="web_study", scheduler="asha",
                        grace_period="1", max_concurrent_trials="1")
     response = post(client, tuner, form_values)

@@ -13,6 +13,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from tuning.processes import process_start_time, process_stat, start_time_of
+
 _DETACH = Path(__file__).with_name("_detach.py")
 
 
@@ -34,22 +36,7 @@ def start(command: list[str], *, cwd: Path, env: dict[str, str], log_path: Path)
         lines = (helper.stderr or helper.stdout).strip().splitlines()
         raise LocalStartError(lines[-1] if lines else f"exit code {helper.returncode}")
     pid = int(helper.stdout.strip())
-    return ProcessRef(pid=pid, start=_start_time(pid) or "")
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after the last ")".
-    return text.rsplit(")", 1)[1].split()
-
-
-def _start_time(pid: int) -> str | None:
-    fields = _stat_fields(pid)
-    # Fields from the state (field 3) on; the start time is field 22.
-    return fields[19] if fields else None
+    return ProcessRef(pid=pid, start=process_start_time(pid))
 
 
 def is_running(ref: ProcessRef) -> bool:
@@ -61,13 +48,13 @@ def is_running(ref: ProcessRef) -> bool:
         except PermissionError:
             return True
         return True
-    fields = _stat_fields(ref.pid)
+    fields = process_stat(ref.pid)
     if fields is None:
         return False
     # A zombie has exited; only its parent (init, once adopted) has yet to reap it.
     if fields[0] in ("Z", "X"):
         return False
-    return not ref.start or fields[19] == ref.start
+    return not ref.start or start_time_of(fields) == ref.start
 
 
 def interrupt(ref: ProcessRef) -> bool:

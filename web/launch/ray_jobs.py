@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # What the job's driver needs of the repository: the entry point and its packages.
-CODE = ("launch.py", "tuning", "data_access", "web")
+CODE = ("launch.py", "tuning", "theme_classifier", "data_access", "web")
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "static", "templates", "locale")
 
 

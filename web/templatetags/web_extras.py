@@ -7,18 +7,16 @@ from django import template
 from django.conf import settings
 from django.utils.translation import gettext_lazy as _
 
+from tuning.progress import format_duration
+from tuning.states import StudyStatus, TrialState
+
 register = template.Library()
 
 
 @register.filter
 def duration(seconds) -> str:
-    """Seconds as H:MM:SS; empty for None."""
-    if seconds is None:
-        return ""
-    seconds = int(max(float(seconds), 0))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}"
+    """Seconds as H:MM:SS, as the driver's progress line shows them; empty for None."""
+    return "" if seconds is None else format_duration(float(seconds))
 
 
 @register.filter
@@ -51,10 +49,12 @@ def ray_job_url(job_id: str) -> str:
 
 
 _STATUS = {
-    "pending": _("pending"), "running": _("running"), "completed": _("completed"),
-    "failed": _("failed"), "killed": _("killed"),
-    "RUNNING": _("running"), "COMPLETE": _("complete"), "PRUNED": _("pruned"),
-    "FAIL": _("failed"), "KILLED": _("killed"),
+    StudyStatus.PENDING: _("pending"), StudyStatus.RUNNING: _("running"),
+    StudyStatus.COMPLETED: _("completed"), StudyStatus.FAILED: _("failed"),
+    StudyStatus.KILLED: _("killed"),
+    TrialState.RUNNING: _("running"), TrialState.COMPLETE: _("complete"),
+    TrialState.PRUNED: _("pruned"), TrialState.FAIL: _("failed"),
+    TrialState.KILLED: _("killed"),
 }
 
 

@@ -3,7 +3,6 @@ cancel, and its best params (download, apply as the theme's defaults)."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from django.conf import settings
@@ -17,15 +16,13 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from data_access import selectors, services
 from tuning.errors import ConfigError, ThemeError
-from web import best_params, launch, study_configs
+from web import best_params, launch, optuna_dashboard, study_configs
 from web.forms import StudyForm
 from web.progress import study_progress, trial_duration
 from web.views.common import study_or_404 as _study
 
 LAUNCH_PERMISSION = "data_access.launch_study"
 CANCEL_PERMISSION = "data_access.cancel_study"
-
-log = logging.getLogger(__name__)
 
 
 def _trial_rows(trials, now):
@@ -53,7 +50,7 @@ def study_detail(request, study_id: int):
     context = _live_context(study)
     context["plot_kinds"] = _plot_links()
     context["resume_command"] = launch.resume_command(study)
-    context["optuna_dashboard_url"] = _optuna_dashboard_url(study)
+    context["optuna_dashboard_url"] = optuna_dashboard.study_url(study)
     return render(request, "web/study_detail.html", context)
 
 
@@ -84,75 +81,6 @@ def study_log(request, study_id: int):
     study = _study(study_id)
     return HttpResponse(launch.log_tail(study) or _("(no output yet)"),
                         content_type="text/plain; charset=utf-8")
-
-
-# (storage URL, study name) -> the study's id in its storage. An id never changes, and
-# finding it costs a database connection or a journal file's replay: once per process.
-_OPTUNA_STUDY_IDS: dict[tuple[str, str], int] = {}
-
-
-def _optuna_dashboard_url(study) -> str | None:
-    """The study's page in the optuna-dashboard of OPTUNA_DASHBOARD_URL; None when none is
-    set, or the study is in memory or in a storage that cannot be read from here."""
-    base = settings.THEMETUNE_OPTUNA_DASHBOARD_URL
-    if not (base and study.optuna_storage and study.optuna_study_name):
-        return None
-    key = (study.optuna_storage, study.optuna_study_name)
-    if key not in _OPTUNA_STUDY_IDS:
-        study_id = _optuna_study_id(*key)
-        if study_id is None:
-            return None
-        _OPTUNA_STUDY_IDS[key] = study_id
-    return f"{base}/dashboard/studies/{_OPTUNA_STUDY_IDS[key]}"
-
-
-def _optuna_study_id(url: str, name: str) -> int | None:
-    from optuna.exceptions import StorageInternalError
-    from sqlalchemy.exc import SQLAlchemyError
-
-    try:
-        storage = _read_only_storage(url)
-        if storage is None:
-            return None
-        try:
-            return storage.get_study_id_from_name(name)
-        finally:
-            engine = getattr(storage, "engine", None)  # an RDB storage's connection pool
-            if engine is not None:
-                engine.dispose()
-    except KeyError:
-        return None  # not created yet: the driver creates it just after the study's row
-    except (OSError, ValueError, ImportError, SQLAlchemyError, StorageInternalError) as exc:
-        log.warning("No optuna-dashboard link: cannot read Optuna storage %s: %s: %s",
-                    url, type(exc).__name__, (str(exc).splitlines() or [""])[0])
-        return None
-
-
-def _read_only_storage(url: str):
-    """The Optuna storage of a study's row, opened without creating anything: a page view
-    changes nothing. The URL forms are tuning.optuna_adapter.open_storage's (not imported:
-    that module loads Ray, and it creates a missing file or table)."""
-    import optuna
-
-    if "***@" in url:
-        return None  # the row keeps the URL without its password
-    journal = None
-    if url.startswith("journal:"):
-        journal = url[len("journal:"):].removeprefix("//")
-    elif "://" not in url and url.endswith((".log", ".jsonl", ".journal")):
-        journal = url
-    if journal is not None:
-        if not Path(journal).is_file():
-            return None
-        from optuna.storages.journal import JournalFileBackend
-        return optuna.storages.JournalStorage(JournalFileBackend(journal))
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
-        return None  # SQLite would create an empty database file
-    kwargs = {}
-    if url.startswith(("postgresql", "mysql")):
-        kwargs["connect_args"] = {"connect_timeout": 3}  # a page waits on it
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, skip_table_creation=True,
-                                      skip_compatibility_check=True)
 
 
 def _plot_links():

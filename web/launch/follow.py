@@ -1,0 +1,146 @@
+"""Follow and stop the studies that the web UI launched.
+
+launch.py records a study's start and end itself; this module only notices what it
+cannot say: that its process or Ray job is gone (a user error before the study started,
+a crash, a cancel) while the row still reads pending/running. It also stops a study on
+request (SIGINT to the local driver, or `ray job stop`), and reads the study's output.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.utils import timezone
+
+from data_access import selectors, services
+from data_access.models import TuningStudy
+from data_access.selectors import StudyInfo
+from tuning.states import StudyStatus
+from web.launch import local, ray_jobs
+from web.launch.start import LOG_NAME, LaunchError
+
+_TAIL_BYTES = 64 * 1024
+
+
+def cancel_study(*, study_id: int) -> bool:
+    """Ask the study to stop: SIGINT to the local driver or `ray job stop`. It ends
+    KILLED once its driver has marked its runs; refresh_study escalates if it hangs.
+    False when it had already ended. Raises LaunchError for a study this UI did not
+    launch (its driver belongs to whoever started it)."""
+    study = selectors.study_get(study_id=study_id)
+    if not study.launcher:
+        raise LaunchError(f"study {study_id} was started from the command line, not from "
+                          f"this web UI.", fix="stop it where it runs (Ctrl+C, or `ray job "
+                          "stop`).")
+    if not services.study_request_cancel(study_id=study_id):
+        return False
+    if study.launcher == TuningStudy.Launcher.LOCAL and study.process_id:
+        if not local.interrupt(_ref(study)):
+            services.study_mark_ended(study_id=study_id, status=StudyStatus.KILLED,
+                                      error="cancelled")
+    elif study.launcher == TuningStudy.Launcher.RAY_JOB and study.ray_job_id:
+        try:
+            ray_jobs.stop(address=settings.THEMETUNE_RAY_JOB_ADDRESS, job_id=study.ray_job_id)
+        except ray_jobs.RayJobError as exc:
+            raise LaunchError(f"{exc}.", fix="stop it with `ray job stop "
+                              f"{study.ray_job_id}`.") from exc
+    else:
+        # Its launch failed before a process or job existed: nothing runs.
+        services.study_mark_ended(study_id=study_id, status=StudyStatus.KILLED,
+                                  error="cancelled before it started")
+    return True
+
+
+def _ref(study: StudyInfo) -> local.ProcessRef:
+    return local.ProcessRef(pid=study.process_id or 0, start=study.process_start)
+
+
+def refresh_study(study: StudyInfo) -> StudyInfo:
+    """The study, after noting an end that its driver could not record."""
+    if not study.is_active or not study.launcher:
+        return study
+    if study.launcher == TuningStudy.Launcher.LOCAL:
+        changed = _refresh_local(study)
+    else:
+        changed = _refresh_ray_job(study)
+    return selectors.study_get(study_id=study.id) if changed else study
+
+
+def refresh_active() -> None:
+    for study in selectors.study_list_active():
+        refresh_study(study)
+
+
+def _refresh_local(study: StudyInfo) -> bool:
+    if not study.process_id:
+        return False    # being launched right now
+    ref = _ref(study)
+    if local.is_running(ref):
+        if study.cancel_requested_at is not None:
+            _escalate(ref, timezone.now() - study.cancel_requested_at)
+        return False
+    if study.cancel_requested_at is not None:
+        return services.study_mark_ended(study_id=study.id, status=StudyStatus.KILLED,
+                                         error="cancelled")
+    return services.study_mark_ended(study_id=study.id, status=StudyStatus.FAILED,
+                                     error=_exit_reason(log_tail(study)))
+
+
+def _escalate(ref: local.ProcessRef, waited: timedelta) -> None:
+    grace = settings.THEMETUNE_CANCEL_GRACE_S
+    if waited.total_seconds() > 2 * grace:
+        local.kill_group(ref, signal.SIGKILL)
+    elif waited.total_seconds() > grace:
+        local.kill_group(ref, signal.SIGTERM)
+
+
+def _refresh_ray_job(study: StudyInfo) -> bool:
+    if not study.ray_job_id:
+        return False
+    try:
+        job = ray_jobs.state(address=settings.THEMETUNE_RAY_JOB_ADDRESS, job_id=study.ray_job_id)
+    except ray_jobs.RayJobError:
+        # The cluster is unreachable for now: the study may well be running.
+        return False
+    if not job.ended:
+        return False
+    if job.status == "STOPPED" or study.cancel_requested_at is not None:
+        return services.study_mark_ended(study_id=study.id, status=StudyStatus.KILLED,
+                                         error="cancelled")
+    return services.study_mark_ended(study_id=study.id, status=StudyStatus.FAILED,
+                                     error=_exit_reason(log_tail(study)) or job.message)
+
+
+def log_tail(study: StudyInfo, max_bytes: int = _TAIL_BYTES) -> str:
+    """The end of the study's output: the local log file, or the Ray job's logs."""
+    if study.launcher == TuningStudy.Launcher.RAY_JOB and study.ray_job_id:
+        try:
+            text = ray_jobs.logs(address=settings.THEMETUNE_RAY_JOB_ADDRESS,
+                                 job_id=study.ray_job_id)
+        except ray_jobs.RayJobError as exc:
+            return str(exc)
+        return text[-max_bytes:]
+    if not study.run_dir:
+        return ""
+    path = Path(study.run_dir) / LOG_NAME
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(handle.tell() - max_bytes, 0))
+            return handle.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _exit_reason(tail: str) -> str:
+    """launch.py's one-line `error: ...` for a user error, else the output's last line."""
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("error: "):
+            return line.removeprefix("error: ")
+    last = lines[-1] if lines else "no output"
+    return f"the study's process ended without recording an end; its last output: {last}"
