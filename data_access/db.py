@@ -8,7 +8,11 @@ from contextlib import contextmanager
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connection
 
-from tuning.errors import ThemeError
+from tuning.errors import ThemetuneError
+
+class DatabaseUnusableError(ThemetuneError):
+    """The database cannot be reached, has no themetune tables, or refuses a query."""
+
 
 MIGRATE_FIX = "run `python manage.py migrate` (with the same DATABASE_URL)."
 CONNECT_FIX = "check DATABASE_URL and that the database server is running and reachable."
@@ -35,8 +39,8 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def explain_database_error(exc: DatabaseError) -> ThemeError:
-    """Turn a failed query into a one-line ThemeError that says which fix applies."""
+def explain_database_error(exc: DatabaseError) -> DatabaseUnusableError:
+    """Turn a failed query into a one-line error that says which fix applies."""
     # Imported here: models import this module's callers, not the other way round.
     from data_access.models import Theme
 
@@ -44,27 +48,27 @@ def explain_database_error(exc: DatabaseError) -> ThemeError:
     try:
         tables = set(connection.introspection.table_names())
     except DatabaseError as probe_exc:
-        return ThemeError(
+        return DatabaseUnusableError(
             f"Cannot use database {where}: {_first_line(probe_exc)}.", fix=CONNECT_FIX
         )
     if Theme._meta.db_table not in tables:
-        return ThemeError(f"Database {where} has no themetune tables.", fix=MIGRATE_FIX)
+        return DatabaseUnusableError(f"Database {where} has no themetune tables.", fix=MIGRATE_FIX)
     # The tables exist but a query failed: most often a schema one migration behind.
-    return ThemeError(
+    return DatabaseUnusableError(
         f"Query failed on database {where}: {_first_line(exc)}.",
         fix="run `python manage.py migrate`; if nothing is left to apply, " + CONNECT_FIX,
     )
 
 
 @contextmanager
-def database_errors_as_theme_errors() -> Iterator[None]:
+def database_errors_as_user_errors() -> Iterator[None]:
     """For code that a user runs directly (commands, launch.py's theme read): an
     unreachable or unmigrated database is a user error, not a traceback."""
     try:
         yield
     except ImproperlyConfigured as exc:
         # Raised when the backend's driver (e.g. psycopg) is missing.
-        raise ThemeError(
+        raise DatabaseUnusableError(
             f"Cannot use the database of DATABASE_URL: {_first_line(exc)}",
             fix="install the driver (`pip install 'psycopg[binary]'` for PostgreSQL) "
             "or " + CONNECT_FIX,

@@ -10,7 +10,7 @@ from typing import Any
 from django.conf import settings
 from django.db.models import Count
 
-from data_access.db import database_description, database_errors_as_theme_errors
+from data_access.db import database_description, database_errors_as_user_errors
 from data_access.models import Theme, ThemeImage, TuningParamConfig, TuningStudy, TuningTrial
 from tuning.errors import ThemeError, ThemetuneError
 from tuning.states import ACTIVE_STATUSES
@@ -138,7 +138,7 @@ def theme_get_spec(*, theme_id: int) -> ThemeSpec:
 
     Raises ThemeError when the theme is missing or empty, or when the database cannot
     be used (unreachable, not migrated)."""
-    with database_errors_as_theme_errors():
+    with database_errors_as_user_errors():
         theme = Theme.objects.filter(pk=theme_id).first()
         if theme is None:
             raise theme_not_found(theme_id)
@@ -167,7 +167,7 @@ def theme_get_spec(*, theme_id: int) -> ThemeSpec:
 
 def theme_list() -> list[ThemeSummary]:
     """All themes, oldest first, with image and class counts."""
-    with database_errors_as_theme_errors():
+    with database_errors_as_user_errors():
         themes = Theme.objects.annotate(
             image_count=Count("images"),
             class_count=Count("images__label", distinct=True),
@@ -280,7 +280,7 @@ def trial_list(*, study_id: int) -> list[TrialInfo]:
 
 def theme_find_id(*, name: str) -> int | None:
     """The id of the theme with this name, or None."""
-    with database_errors_as_theme_errors():
+    with database_errors_as_user_errors():
         return Theme.objects.filter(name=name).values_list("id", flat=True).first()
 
 
@@ -312,7 +312,7 @@ class ImageRef:
 
 def theme_get(*, theme_id: int) -> ThemeDetail:
     """One theme with its images counted per class. Raises ThemeError when missing."""
-    with database_errors_as_theme_errors():
+    with database_errors_as_user_errors():
         theme = Theme.objects.filter(pk=theme_id).first()
         if theme is None:
             raise theme_not_found(theme_id)

@@ -7,14 +7,14 @@ from contextlib import contextmanager
 
 from django.core.management.base import CommandError
 
-from data_access.db import database_errors_as_theme_errors
+from data_access.db import database_errors_as_user_errors
 from tuning.errors import USER_ERROR_EXIT_CODE, ThemetuneError
 
 
 @contextmanager
 def user_errors() -> Iterator[None]:
     try:
-        with database_errors_as_theme_errors():
+        with database_errors_as_user_errors():
             yield
     except ThemetuneError as exc:
         # CommandError prints "CommandError: <line>" and exits without a traceback.
