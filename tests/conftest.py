@@ -128,6 +128,19 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def ray_local_join(ray_local) -> dict:
+    """How a launch.py child process joins `ray_local` instead of starting its own Ray:
+    config.yaml's ray.address, and these environment variables. The cluster's token goes
+    explicitly: ~/.ray/auth_token is shared by every Ray on the machine and may be
+    replaced while the session runs."""
+    from ray._raylet import AuthenticationTokenLoader
+
+    token = AuthenticationTokenLoader.instance().get_raw_token()
+    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token} if token else {}
+    return {"address": ray_local.get_runtime_context().gcs_address, "env": env}
+
+
 @pytest.fixture
 def mlflow_uri(tmp_path, monkeypatch) -> str:
     """A real MLflow store: SQLite with local artifacts, in this test's folder."""

@@ -1,16 +1,22 @@
 """README promises about launch.py, checked end to end: launch.py as a user runs it
-(a real Django DB file, a real MLflow store, a real local Ray), one subprocess per study.
+(a real Django DB file, real MLflow stores, real Ray: each launch joins the test
+session's local cluster through `ray.address`, as a launch joins any running cluster).
 
-Two studies serve every test here, each run once per module and only read afterwards:
+One scenario serves every test here; it runs once per module and is only read after:
 
-- `timed_study`: `--timeout` on a study of 200 trials that cannot all finish; its theme
-  has an unreadable file (`data.skip_unreadable: true`) and its trials start from a
-  `model.weights` file with a frozen backbone, under `log_models: all`.
-- `shared_studies`: two launches sharing one journal-file Optuna study at the same time;
-  the first is stopped with two SIGINTs and left unfinished, for `--resume`.
+1. Launch A (1000 trials, one at a time) logs to a real `mlflow server` and keeps its
+   Optuna study in a journal file.
+2. Once A has finished a trial, launch B joins the same journal study with
+   `--timeout`: 200 trials cannot finish, the timeout ends B. B's theme has a file that
+   turned unreadable (`data.skip_unreadable: true`), its trials start from a
+   `model.weights` file with a frozen backbone, and it logs every model (`log_models:
+   all`) to a SQLite MLflow store.
+3. Once B has ended and A has finished a trial it asked after B's end, A's MLflow
+   server goes away; while A waits for it, A gets SIGINT, then a second SIGINT.
+4. A is left unfinished, for the `--resume` tests (which stop before anything starts).
 
-No fault is timed by a sleep: each step waits for a line launch.py prints (or a process
-exit), with generous timeouts.
+No step is timed by a sleep: each waits for a line launch.py prints or a process exit,
+with generous timeouts.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import make_site, tiny_config_files
+from tests.reliability.test_reliability_mlflow_outage import MlflowServer
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -45,10 +52,13 @@ from tuning.resume import RESUME_FILE  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
-TIMEOUT_S = 30          # --timeout of the timed study
-TIMED_TRIALS = 200      # more than 30 s can run: the timeout ends the study
-SHARED_TRIALS_A = 1000  # the first shared launch never ends by itself: it is stopped
-SHARED_TRIALS_B = 2
+TRIALS_A = 1000      # A never ends by itself
+TIMEOUT_B = 35       # B's --timeout, in seconds: room for a first trial on a loaded machine
+TRIALS_B = 200       # more than TIMEOUT_B seconds can run: the timeout ends B
+OUTAGE_BUDGET_S = 25   # A's THEMETUNE_MLFLOW_OUTAGE_S
+# A second signal "stops at once": with the driver waiting for MLflow, well before the
+# outage budget runs out.
+AT_ONCE_S = 15
 
 
 # --------------------------------------------------------------------------- helpers
@@ -158,13 +168,12 @@ SKIPPING = {"training": {"run_name": "promises"},
             "data": {"image_size": 16, "channels": 1, "skip_unreadable": True}}
 
 
-# ------------------------------------------------------------- the timed study (S)
+# -------------------------------------------------------------------- the scenario
 
 def weights_file(path: Path) -> dict[str, torch.Tensor]:
     """A ResNet18 state_dict for 3-channel input and 10 classes (so conv1 and fc do not
     fit a 1-channel, 4-class theme), with running statistics no fresh model has."""
     generator = torch.Generator().manual_seed(1234)
-    torch.manual_seed(1234)
     state = torchvision.models.resnet18(weights=None, num_classes=10).state_dict()
     for key, value in state.items():
         if key.endswith("running_mean"):
@@ -175,194 +184,203 @@ def weights_file(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def infra(folder: Path, address: str, **changes) -> dict:
+    """config.yaml of a launch that joins the test session's Ray cluster (ray.address),
+    as a launch joins any running cluster: no Ray start per launch."""
+    return {"mlflow": {"log_models": "all"},
+            "ray": {"address": address, "storage_path": str(folder / "ray_results")},
+            "resources": {"cpu": 1, "gpu": 0}, "max_concurrent_trials": 2,
+            "cache_dir": str(folder.parent / "cache"), **changes}
+
+
 @pytest.fixture(scope="module")
-def timed_study(site, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("timed")
+def scenario(site, ray_local_join, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("scenario")
+    address, join_env = ray_local_join["address"], {**site["env"], **ray_local_join["env"]}
+    journal = folder / "study.log"
+    server = MlflowServer(Path(tmp_path_factory.mktemp("mlflow_server")))
+    configs_a = tiny_config_files(
+        folder / "configs_a", base=base_params(), params=SKIPPING,
+        infra=infra(folder / "configs_a", address, mlflow={"log_models": "none"},
+                    max_concurrent_trials=1))
     weights = weights_file(folder / "start.pt")
-    configs = tiny_config_files(
-        folder / "configs", base=base_params(weights=str(folder / "start.pt"),
-                                             freeze_backbone=True),
-        params=SKIPPING)
-    run = Launch(site["env"], folder, "--theme-id", site["theme_id"], "--configs", configs,
-                 "--n-trials", TIMED_TRIALS, "--timeout", TIMEOUT_S)
+    configs_b = tiny_config_files(   # same search space; B's base params are its own
+        folder / "configs_b", base=base_params(weights=str(folder / "start.pt"),
+                                               freeze_backbone=True),
+        params=SKIPPING, infra=infra(folder / "configs_b", address))
+    shared = ["--theme-id", site["theme_id"], "--storage", f"journal:{journal}",
+              "--study-name", "shared"]
+    a = b = None
     try:
-        _, tune_started, _ = run.wait_for(lambda l: "continue with: " in l, timeout=400)
-        run.wait(timeout=600)
+        server.start()
+        env_a = {**join_env, "MLFLOW_TRACKING_URI": server.uri,
+                 "THEMETUNE_MLFLOW_OUTAGE_S": str(OUTAGE_BUDGET_S)}
+        a = Launch(env_a, folder, *shared, "--configs", configs_a, "--n-trials", TRIALS_A)
+        a.wait_for(lambda l: (trials_done(l) or 0) >= 1, timeout=400)
+
+        b = Launch(join_env, folder, *shared, "--configs", configs_b,
+                   "--n-trials", TRIALS_B, "--timeout", TIMEOUT_B)
+        _, b_tune_started, _ = b.wait_for(lambda l: "continue with: " in l, timeout=400)
+        b.wait(timeout=600)
+
+        seen = len(a.lines)
+        done_at_b_end = max([trials_done(l) or 0 for _, l in a.lines[:seen]])
+        # The trial A ran when B ended, then one A asked after B's end.
+        a.wait_for(lambda l: (trials_done(l) or 0) >= done_at_b_end + 2, timeout=300,
+                   after=seen)
+
+        seen = len(a.lines)
+        server.stop()
+        a.wait_for(lambda l: "MLflow tracking server unreachable" in l, timeout=300, after=seen)
+        a.proc.send_signal(signal.SIGINT)
+        a.wait_for(lambda l: "SIGINT received" in l, timeout=120, after=seen)
+        second = time.monotonic()
+        a.proc.send_signal(signal.SIGINT)
+        a.wait(timeout=OUTAGE_BUDGET_S * 4 + 300)
     finally:
-        run.close()
-    output = run.output
-    assert run.proc.returncode == 0, output[-5000:]
-    parent_id = output.split("parent run:")[1].split()[0]
-    return {"output": output, "parent_id": parent_id, "weights": weights,
-            "tune_seconds": run.ended_at - tune_started, "configs": configs}
+        for launched in (a, b):
+            if launched is not None:
+                launched.close()
+        server.stop()
+    assert b.proc.returncode == 0, b.output[-5000:]
+    return {"a": a, "b": b, "journal": journal, "configs_a": configs_a,
+            "configs_b": configs_b, "weights": weights, "a_mlflow": server.uri,
+            "a_parent": parent_of(a.output), "b_parent": parent_of(b.output),
+            "b_tune_seconds": b.ended_at - b_tune_started,
+            "second_signal_to_exit_s": a.ended_at - second}
 
 
-def test_timeout_ends_the_study_within_its_budget(site, timed_study):
+def finished_children(site, scenario):
+    runs = children(site["client"], scenario["b_parent"])
+    return [c for c in runs if c.info.status == "FINISHED"]
+
+
+def logged_models(runs) -> dict:
+    return {m.source_run_id: m for m in mlflow.search_logged_models(
+        experiment_ids=[runs[0].info.experiment_id], output_format="list")}
+
+
+# ------------------------------------------------------------------ launch B's promises
+
+def test_timeout_ends_the_study_within_its_budget(site, scenario):
     """--timeout S: seconds of wall time for the whole study; what finished counts."""
     client = site["client"]
-    parent = client.get_run(timed_study["parent_id"])
+    parent = client.get_run(scenario["b_parent"])
     assert parent.info.status == "FINISHED"
-    assert parent.data.params["timeout"] == str(float(TIMEOUT_S))
-    assert parent.data.params["n_trials"] == str(TIMED_TRIALS)
-    runs = children(client, timed_study["parent_id"])
-    finished = [c for c in runs if c.info.status == "FINISHED"]
-    assert finished, "no trial finished within the timeout"
-    assert len(runs) < TIMED_TRIALS, "the study ran every trial: the timeout did nothing"
+    assert parent.data.params["timeout"] == str(float(TIMEOUT_B))
+    assert parent.data.params["n_trials"] == str(TRIALS_B)
+    runs = children(client, scenario["b_parent"])
+    assert any(c.info.status == "FINISHED" for c in runs), "no trial finished in time"
+    assert len(runs) < TRIALS_B, "the study ran every trial: the timeout did nothing"
     # Trials cut off by the budget end as a stopped study's do, never left RUNNING.
     assert {c.info.status for c in runs} <= {"FINISHED", "KILLED"}
     # Tune's start to the driver's exit: the budget, plus registering the best model and
     # shutting Ray down (generous for a loaded 2-core machine). 200 trials would need
     # several minutes.
-    assert timed_study["tune_seconds"] < TIMEOUT_S + 120, timed_study["tune_seconds"]
-    last = [l for l in timed_study["output"].splitlines() if trials_done(l) is not None][-1]
-    assert trials_done(last) < TIMED_TRIALS
+    assert scenario["b_tune_seconds"] < TIMEOUT_B + 120, scenario["b_tune_seconds"]
+    last = [l for l in scenario["b"].output.splitlines() if trials_done(l) is not None][-1]
+    assert trials_done(last) < TRIALS_B
 
 
-def test_each_child_run_has_its_model_and_trial_config(site, timed_study):
+def test_each_child_run_has_its_model_and_trial_config(site, scenario):
     """log_models: all -> every finished trial's child run holds its pyfunc model and
     trial_config.yaml (the trial's own parameters)."""
-    client = site["client"]
-    runs = [c for c in children(client, timed_study["parent_id"])
-            if c.info.status == "FINISHED"]
-    models = {m.source_run_id: m for m in mlflow.search_logged_models(
-        experiment_ids=[runs[0].info.experiment_id], output_format="list")}
+    runs = finished_children(site, scenario)
+    models = logged_models(runs)
     for child in runs:
         assert child.info.run_id in models, f"{child.info.run_name} has no model"
-        path = mlflow.artifacts.download_artifacts(run_id=child.info.run_id,
-                                                   artifact_path="trial_config.yaml",
-                                                   tracking_uri=site["env"]["MLFLOW_TRACKING_URI"])
+        path = mlflow.artifacts.download_artifacts(
+            run_id=child.info.run_id, artifact_path="trial_config.yaml",
+            tracking_uri=site["env"]["MLFLOW_TRACKING_URI"])
         trial_config = yaml.safe_load(Path(path).read_text())
         assert trial_config["training"]["learning_rate"] == pytest.approx(
             float(child.data.params["training.learning_rate"]))
         assert trial_config["training"]["optimizer"] == child.data.params["training.optimizer"]
-        assert trial_config["data"]["skip_unreadable"] is True
+        assert trial_config["model"]["freeze_backbone"] is True
 
 
-def test_model_weights_start_every_trial_and_misfit_layers_are_skipped(site, timed_study):
+def test_model_weights_start_every_trial_and_misfit_layers_are_skipped(site, scenario):
     """model.weights: each trial starts from the file; conv1 (3 channels in the file, 1 in
     the theme) and fc (10 classes vs 4) are skipped. freeze_backbone keeps the rest as
     loaded, so each child's model must carry the file's backbone exactly."""
-    client = site["client"]
-    weights = timed_study["weights"]
-    runs = [c for c in children(client, timed_study["parent_id"])
-            if c.info.status == "FINISHED"]
-    models = {m.source_run_id: m for m in mlflow.search_logged_models(
-        experiment_ids=[runs[0].info.experiment_id], output_format="list")}
+    weights = scenario["weights"]
+    runs = finished_children(site, scenario)
+    models = logged_models(runs)
+    backbone = [k for k in weights if not k.startswith(("conv1.", "fc."))]
+    assert backbone
     for child in runs[:3]:   # loading a model takes a second or two: three suffice
         network = mlflow.pyfunc.load_model(
             models[child.info.run_id].model_uri).unwrap_python_model().network
         state = network.state_dict()
         assert state["conv1.weight"].shape == (64, 1, 7, 7)
         assert state["fc.weight"].shape == (4, 512)
-        backbone = [k for k in weights if not k.startswith(("conv1.", "fc."))]
-        assert backbone
         for key in backbone:
             assert torch.equal(state[key].cpu(), weights[key]), (child.info.run_name, key)
 
 
-def test_children_are_tagged_with_the_node_ip(site, timed_study):
+def test_children_are_tagged_with_the_node_ip(site, scenario):
     import ray.util
 
     here = ray.util.get_node_ip_address()
-    for child in children(site["client"], timed_study["parent_id"]):
-        if child.info.status != "FINISHED":
-            continue
+    for child in finished_children(site, scenario):
         ip = child.data.tags.get("ray.node_ip", "")
         ipaddress.ip_address(ip)   # raises on anything but an address
         assert ip == here, (child.info.run_name, ip, here)   # a one-node cluster: this one
         assert len(child.data.tags["ray.node_id"]) >= 16
 
 
-def test_unreadable_file_is_skipped_and_counted_on_the_parent_run(site, timed_study):
-    parent = site["client"].get_run(timed_study["parent_id"])
+def test_unreadable_file_is_skipped_and_counted_on_the_parent_run(site, scenario):
+    parent = site["client"].get_run(scenario["b_parent"])
     assert parent.data.params["skipped_unreadable"] == "1"
     split = sum(int(parent.data.params[k]) for k in ("n_train", "n_valid", "n_test"))
     assert split == 4 * 24 - 1
 
 
-# ------------------------------------------- two launches sharing one study (A, B)
+# ------------------------------------------------------ A and B: one study, one time
 
-@pytest.fixture(scope="module")
-def shared_studies(site, tmp_path_factory):
-    """Launch A (1000 trials, one at a time) and, once A runs a trial, launch B (2 trials)
-    with the same journal storage and study name. When B has ended and A has finished a
-    trial it asked after B's end, A gets SIGINT, then a second SIGINT once it says it is
-    stopping."""
-    folder = tmp_path_factory.mktemp("shared")
-    journal = folder / "study.log"
-    configs = tiny_config_files(folder / "configs", base=base_params(), params=SKIPPING,
-                                infra={"mlflow": {"log_models": "none"},
-                                       "ray": {"storage_path": str(folder / "ray_results")},
-                                       "resources": {"cpu": 1, "gpu": 0},
-                                       "max_concurrent_trials": 1,
-                                       "cache_dir": str(folder / "cache")})
-    common = ["--theme-id", site["theme_id"], "--configs", configs,
-              "--storage", f"journal:{journal}", "--study-name", "shared"]
-    a = Launch(site["env"], folder, *common, "--n-trials", SHARED_TRIALS_A)
-    b = None
-    try:
-        a.wait_for(lambda l: re.search(r"trials 0/\d+ done \| 1 running", l), timeout=400)
-        b = Launch(site["env"], folder, *common, "--n-trials", SHARED_TRIALS_B)
-        b.wait(timeout=600)
-        seen = len(a.lines)
-        done_at_b_end = max([trials_done(l) or 0 for _, l in a.lines] + [0])
-        # The trial running when B ended, then one A asked after it.
-        a.wait_for(lambda l: (trials_done(l) or 0) >= done_at_b_end + 2, timeout=300,
-                   after=seen)
-        a.proc.send_signal(signal.SIGINT)
-        a.wait_for(lambda l: "SIGINT received" in l, timeout=120)
-        second = time.monotonic()
-        a.proc.send_signal(signal.SIGINT)
-        a.wait(timeout=300)
-    finally:
-        a.close()
-        if b is not None:
-            b.close()
-    return {"a": a, "b": b, "journal": journal, "configs": configs,
-            "second_signal_to_exit_s": a.ended_at - second,
-            "a_parent": parent_of(a.output), "b_parent": parent_of(b.output)}
-
-
-def test_two_launches_share_one_study_at_the_same_time(site, shared_studies):
-    a, b = shared_studies["a"], shared_studies["b"]
-    assert b.proc.returncode == 0, b.output[-5000:]
-    assert f"registered:      promise_digits_model" in b.output
+def test_two_launches_share_one_study_at_the_same_time(site, scenario):
     from tuning.optuna_adapter import open_storage
 
     study = optuna.load_study(study_name="shared",
-                              storage=open_storage(f"journal:{shared_studies['journal']}"))
+                              storage=open_storage(f"journal:{scenario['journal']}"))
     origin = {t.number: t.user_attrs.get("themetune.parent_run_id") for t in study.trials}
-    numbers_a = sorted(n for n, p in origin.items() if p == shared_studies["a_parent"])
-    numbers_b = sorted(n for n, p in origin.items() if p == shared_studies["b_parent"])
-    # One numbering for the two launches: each trial comes from one of them.
-    assert len(numbers_b) == SHARED_TRIALS_B and len(numbers_a) >= 3
+    numbers_a = sorted(n for n, p in origin.items() if p == scenario["a_parent"])
+    numbers_b = sorted(n for n, p in origin.items() if p == scenario["b_parent"])
+    # Each trial of the one study comes from one of the two launches.
+    assert numbers_a and numbers_b
     assert len(numbers_a) + len(numbers_b) == len(study.trials)
     # At the same time: A asked trials before B started and after B ended.
     assert numbers_a[0] < numbers_b[0] and numbers_b[-1] < numbers_a[-1], (numbers_a, numbers_b)
     # B's child runs carry the numbers of the shared study, and their values.
-    client = site["client"]
     by_number = {t.number: t for t in study.trials}
-    runs_b = children(client, shared_studies["b_parent"])
-    assert sorted(int(c.data.tags["optuna.trial_number"]) for c in runs_b) == numbers_b
+    runs_b = children(site["client"], scenario["b_parent"])
+    # (B's searcher may have asked one more trial that the timeout kept from starting.)
+    started_b = sorted(int(c.data.tags["optuna.trial_number"]) for c in runs_b)
+    assert started_b and set(started_b) <= set(numbers_b), (started_b, numbers_b)
+    assert len(set(started_b)) == len(started_b)
     for child in runs_b:
         trial = by_number[int(child.data.tags["optuna.trial_number"])]
         assert child.info.run_name == f"trial_{trial.number}"
-        assert trial.state.name == "COMPLETE"
-        assert trial.value == pytest.approx(child.data.metrics["test_acc"])
         assert trial.user_attrs["mlflow.run_id"] == child.info.run_id
-    assert client.get_run(shared_studies["b_parent"]).data.params["storage"] == \
-        f"journal:{shared_studies['journal']}"
+        if child.info.status == "FINISHED":
+            assert trial.state.name == "COMPLETE"
+            assert trial.value == pytest.approx(child.data.metrics["test_acc"])
+    assert site["client"].get_run(scenario["b_parent"]).data.params["storage"] == \
+        f"journal:{scenario['journal']}"
 
 
-def test_second_signal_stops_at_once(shared_studies):
-    a = shared_studies["a"]
+@pytest.mark.xfail(strict=True, reason=(
+    "README Failure modes: 'A second signal stops at once.' While the driver waits for an "
+    "unreachable MLflow server, the second SIGINT's KeyboardInterrupt reaches run_study's "
+    "handler, whose _end_runs calls MLflow through mlflow_runs.call again: a new wait of "
+    "the whole THEMETUNE_MLFLOW_OUTAGE_S (default 900 s) before exit 130, and then "
+    "launch.py says the runs 'were marked KILLED' although they could not be closed."))
+def test_second_signal_stops_at_once(scenario):
+    a = scenario["a"]
     output = a.output
-    assert a.proc.returncode == 130, output[-5000:]
     assert "send it again to stop at once" in output
-    assert "interrupted" in output
-    # Generous for a loaded machine; the first signal's graceful stop alone would also
-    # close the Tune experiment, but it waits for nothing the second one does.
-    assert shared_studies["second_signal_to_exit_s"] < 60, shared_studies
+    assert a.proc.returncode == 130, output[-5000:]
+    assert scenario["second_signal_to_exit_s"] < AT_ONCE_S, scenario["second_signal_to_exit_s"]
 
 
 # --------------------------------------------------------------------- --resume
@@ -371,71 +389,67 @@ def resume_of(experiment: Path) -> dict:
     return json.loads((experiment / RESUME_FILE).read_text())
 
 
-def a_experiment(shared_studies) -> Path:
-    match = re.search(r"continue with: python launch.py --resume (\S+)",
-                      shared_studies["a"].output)
-    assert match, shared_studies["a"].output[-3000:]
+def a_experiment(scenario) -> Path:
+    match = re.search(r"continue with: python launch.py --resume (\S+)", scenario["a"].output)
+    assert match, scenario["a"].output[-3000:]
     return Path(match.group(1))
 
 
-def test_resume_without_a_folder_takes_the_newest_unfinished_and_refuses_changes(
-        site, shared_studies, capsys, monkeypatch):
-    """`--resume` alone: the newest unfinished experiment under ray.storage_path (here
-    A's; B's finished; an older unfinished one is planted). Asking it to run with
-    another --n-trials is refused before anything starts (exit 2, one line)."""
-    experiment = a_experiment(shared_studies)
-    assert not resume_of(experiment)["finished"]
-    older = experiment.parent / "shared-19990101-000000"
-    older.mkdir()
-    stale = {**resume_of(experiment), "overrides": {**resume_of(experiment)["overrides"],
-                                                     "n_trials": 999}}
-    (older / RESUME_FILE).write_text(json.dumps(stale))
-    os.utime(older / RESUME_FILE, (time.time() - 86400, time.time() - 86400))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", site["env"]["MLFLOW_TRACKING_URI"])
-    capsys.readouterr()
-
-    code = launch.main(["--resume", "--configs", str(shared_studies["configs"]),
-                        "--n-trials", "5"])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    # 1000 is A's; the planted older one says 999, B (finished) said 2.
-    assert "--n-trials 5 differs from the study's 1000" in lines[0]
-    assert "Traceback" not in err
-    # Nothing was resumed: A's parent run is as the stop left it.
-    parent = site["client"].get_run(shared_studies["a_parent"])
-    assert parent.info.status == "KILLED" and "themetune.resumes" not in parent.data.tags
-
-
-@pytest.mark.parametrize("change", ["storage", "theme", "tracking_uri"])
-def test_resume_with_changed_values_is_refused(site, shared_studies, tmp_path, capsys,
-                                               monkeypatch, change):
-    experiment = a_experiment(shared_studies)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", site["env"]["MLFLOW_TRACKING_URI"])
-    argv = ["--resume", str(experiment)]
-    expected = {"storage": "--storage", "theme": "--theme-id",
-                "tracking_uri": "MLFLOW_TRACKING_URI"}[change]
-    if change == "storage":
-        argv += ["--storage", f"sqlite:///{tmp_path / 'other.db'}"]
-    elif change == "theme":
-        argv += ["--theme-id", str(site["theme_id"] + 1)]
-    else:
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'other.db'}")
+def refused(argv, capsys) -> str:
+    """launch.py's main with argv: exit 2 and one error line, which is returned."""
     capsys.readouterr()
     code = launch.main(argv)
     err = capsys.readouterr().err
     assert code == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert expected in lines[0] and "Fix:" in lines[0]
+    return lines[0]
+
+
+def test_resume_without_a_folder_takes_the_newest_unfinished_and_refuses_changes(
+        scenario, capsys, monkeypatch):
+    """`--resume` alone: the newest unfinished experiment under ray.storage_path (A's;
+    an older unfinished one is planted beside it). Asking it to run with another
+    --n-trials is refused before anything starts (exit 2, one line)."""
+    experiment = a_experiment(scenario)
+    assert not resume_of(experiment)["finished"]
+    older = experiment.parent / "shared-19990101-000000"
+    older.mkdir()
+    stale = resume_of(experiment)
+    stale["overrides"]["n_trials"] = 999
+    (older / RESUME_FILE).write_text(json.dumps(stale))
+    os.utime(older / RESUME_FILE, (time.time() - 86400, time.time() - 86400))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", scenario["a_mlflow"])
+
+    line = refused(["--resume", "--configs", str(scenario["configs_a"]), "--n-trials", "5"],
+                   capsys)
+    # A's 1000, not the older experiment's 999.
+    assert f"--n-trials 5 differs from the study's {TRIALS_A}" in line, line
+    assert "Fix:" in line
+    assert resume_of(experiment)["resumes"] == 0   # nothing was resumed
+
+
+@pytest.mark.parametrize("change", ["storage", "theme", "tracking_uri"])
+def test_resume_with_changed_values_is_refused(site, scenario, tmp_path, capsys, monkeypatch,
+                                               change):
+    experiment = a_experiment(scenario)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", scenario["a_mlflow"])
+    argv = ["--resume", str(experiment)]
+    if change == "storage":
+        argv += ["--storage", f"sqlite:///{tmp_path / 'other.db'}"]
+    elif change == "theme":
+        argv += ["--theme-id", str(site["theme_id"] + 1)]
+    else:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'other.db'}")
+    line = refused(argv, capsys)
+    flag = {"storage": "--storage", "theme": "--theme-id",
+            "tracking_uri": "MLFLOW_TRACKING_URI"}[change]
+    assert f"key '{flag}'" in line and "Fix:" in line, line
     assert not (tmp_path / "other.db").exists()
+    assert resume_of(experiment)["resumes"] == 0
 
 
-def test_resume_without_a_folder_when_nothing_is_unfinished(timed_study, capsys):
-    capsys.readouterr()
-    code = launch.main(["--resume", "--configs", str(timed_study["configs"])])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert "no unfinished experiment" in err and "--resume" in err
-    assert len(err.strip().splitlines()) == 1
+def test_resume_without_a_folder_when_nothing_is_unfinished(scenario, capsys):
+    # B's storage path holds B's experiment alone, and B finished.
+    line = refused(["--resume", "--configs", str(scenario["configs_b"])], capsys)
+    assert "no unfinished experiment" in line and "key '--resume'" in line, line

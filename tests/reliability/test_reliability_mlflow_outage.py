@@ -132,20 +132,22 @@ def test_reliability_mlflow_server_down_at_start_exits_2(site, tmp_path):
 
 
 def test_reliability_mlflow_outage_longer_than_budget_exits_1_with_resume_command(
-        site, mlflow_server, tmp_path):
+        site, ray_local_join, mlflow_server, tmp_path):
     """An outage longer than THEMETUNE_MLFLOW_OUTAGE_S stops the study: exit 1, one
-    error line naming the budget, and the command that continues the study."""
+    error line naming the budget, and the command that continues the study. (launch.py
+    joins the session's Ray cluster through ray.address: no Ray start of its own.)"""
     from tests.reliability.reliability_helpers import Driver
     from tuning.resume import why_not_resumable
 
     budget_s = 5
-    env = {**site["env"], "MLFLOW_TRACKING_URI": mlflow_server.uri,
+    env = {**site["env"], **ray_local_join["env"], "MLFLOW_TRACKING_URI": mlflow_server.uri,
            "THEMETUNE_MLFLOW_OUTAGE_S": str(budget_s)}
     # Long enough that the study is still running whenever the server goes away.
     configs = tiny_config_files(
         tmp_path / "configs", n_trials=20, epochs=20,
         infra={"mlflow": {"log_models": "none"},
-               "ray": {"storage_path": str(tmp_path / "configs" / "ray_results")},
+               "ray": {"address": ray_local_join["address"],
+                       "storage_path": str(tmp_path / "configs" / "ray_results")},
                "resources": {"cpu": 1, "gpu": 0}, "max_concurrent_trials": 1,
                "cache_dir": str(tmp_path / "cache")})
     client = MlflowClient(mlflow_server.uri)

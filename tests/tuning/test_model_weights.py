@@ -41,12 +41,9 @@ def test_layers_whose_shape_differs_are_skipped(tmp_path):
     assert not torch.equal(fresh["layer1.0.conv1.weight"], state["layer1.0.conv1.weight"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "README: configs are 'validated before anything starts' and bad input ends with exit "
-    "2 and nothing created in MLflow; but a model.weights file that does not exist is "
-    "only opened by tuning.model.load_pretrained inside each trial (trainable.py), so "
-    "prepare_study (and --dry-run) accept it and every trial then FAILs (exit 1)."))
 def test_missing_weights_file_is_refused_at_start(tmp_path, mlflow_uri, digits_theme):
+    """Bad input is refused before anything starts (README "Configs"; "Failure modes":
+    exit 2, nothing created): not a FAILED trial once Ray runs."""
     missing = tmp_path / "no-such-weights.pt"
     configs = tiny_config_files(tmp_path / "configs", base={
         "model": {"name": "ResNet18", "weights": str(missing)},
