@@ -74,8 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         from tuning.interrupts import StudyInterrupted
 
-        if isinstance(exc, StudyInterrupted):
+        if isinstance(exc, StudyInterrupted) and exc.closed:
             print("interrupted: running trials and the parent run were marked KILLED.",
+                  file=sys.stderr)
+        elif isinstance(exc, StudyInterrupted):
+            print("interrupted: the MLflow tracking server could not be reached, so the "
+                  "runs stay RUNNING; the --resume command above continues the study.",
                   file=sys.stderr)
         else:
             print("interrupted before the study started: nothing was recorded.",

@@ -369,12 +369,6 @@ def test_two_launches_share_one_study_at_the_same_time(site, scenario):
         f"journal:{scenario['journal']}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "README Failure modes: 'A second signal stops at once.' While the driver waits for an "
-    "unreachable MLflow server, the second SIGINT's KeyboardInterrupt reaches run_study's "
-    "handler, whose _end_runs calls MLflow through mlflow_runs.call again: a new wait of "
-    "the whole THEMETUNE_MLFLOW_OUTAGE_S (default 900 s) before exit 130, and then "
-    "launch.py says the runs 'were marked KILLED' although they could not be closed."))
 def test_second_signal_stops_at_once(scenario):
     a = scenario["a"]
     output = a.output

@@ -15,7 +15,12 @@ import threading
 
 
 class StudyInterrupted(KeyboardInterrupt):
-    """A stop that arrived once the study had runs: they were marked KILLED."""
+    """A stop that arrived once the study had runs; `closed`: they were marked KILLED
+    (False: the tracking server could not be reached, and they stay RUNNING)."""
+
+    def __init__(self, *, closed: bool):
+        super().__init__()
+        self.closed = closed
 
 
 class StopRequest:

@@ -7,6 +7,7 @@ fluent API is used only around log_model, which needs an active run.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -70,6 +71,22 @@ class TrackingLostError(StudyStoppedError):
 _gave_up: TrackingLostError | None = None
 
 
+# Set while a stopped study closes its runs: a user who pressed Ctrl-C does not wait out
+# an outage for it (the runs stay RUNNING, as --resume expects them).
+_try_once = False
+
+
+@contextlib.contextmanager
+def without_waiting():
+    """Calls inside try once and raise TrackingLostError at once if the server is away."""
+    global _try_once
+    previous, _try_once = _try_once, True
+    try:
+        yield
+    finally:
+        _try_once = previous
+
+
 def outage_error() -> TrackingLostError | None:
     """The error of an outage that outlasted its budget, while the server stays away."""
     return _gave_up
@@ -108,7 +125,7 @@ def call(fn, *args, **kwargs):
                 raise
             now = time.monotonic()
             if deadline is None:
-                budget = 0.0 if _gave_up is not None else outage_budget_s()
+                budget = 0.0 if _gave_up is not None or _try_once else outage_budget_s()
                 deadline = now + budget
                 if budget:
                     log.warning("MLflow tracking server unreachable (%s); the study waits "

@@ -190,8 +190,12 @@ def run_study(plan: StudyPlan, *, recorder: StudyRecorder | None = None,
         return outcome
     except KeyboardInterrupt as exc:
         _print_resume_hint(run.resumable, "interrupted")
-        _end_study(run, status="KILLED", reason="interrupted", trial_reason="study interrupted")
-        raise StudyInterrupted() from exc
+        # A stopped study closes what it can at once: no wait for an absent tracking
+        # server, so that a second Ctrl-C is never needed (and one still stops at once).
+        with mlflow_runs.without_waiting():
+            closed = _end_study(run, status="KILLED", reason="interrupted",
+                                trial_reason="study interrupted")
+        raise StudyInterrupted(closed=closed) from exc
     except BaseException as exc:
         if not isinstance(exc, (ThemetuneError, StudyFailedError)):
             _print_resume_hint(run.resumable, "stopped by an error")
@@ -391,17 +395,20 @@ def _fit(tuner) -> None:
         raise KeyboardInterrupt
 
 
-def _end_study(run: _StudyRun, *, status: str, reason: str, trial_reason: str) -> None:
-    _end_runs(run.callback, run.study_runs.client, run.study_runs.parent_run_id, status,
-              reason, trial_reason=trial_reason)
+def _end_study(run: _StudyRun, *, status: str, reason: str, trial_reason: str) -> bool:
+    """End the runs and the study record; False when MLflow could not be reached."""
+    closed = _end_runs(run.callback, run.study_runs.client, run.study_runs.parent_run_id,
+                       status, reason, trial_reason=trial_reason)
     run.recorder.study_finished(StudyEnd(status=status.lower(), best_value=None,
                                          best_params=None, best_trial_number=None,
                                          error=reason))
+    return closed
 
 
 def _end_runs(callback, client, parent_id: str, status: str, reason: str, *,
-              trial_reason: str) -> None:
-    """Open child runs KILLED, the parent `status` with the reason as a tag."""
+              trial_reason: str) -> bool:
+    """Open child runs KILLED, the parent `status` with the reason as a tag; False when
+    the tracking server could not be reached."""
     try:
         if callback is not None:
             callback.close_open_trials(reason=trial_reason)
@@ -411,6 +418,8 @@ def _end_runs(callback, client, parent_id: str, status: str, reason: str, *,
         # MLflow is gone: its runs stay RUNNING, which is what --resume expects to find;
         # the study's own error is the one to raise, and the DB still hears of the end.
         output.warn(f"could not close the MLflow runs: {lost.message}")
+        return False
+    return True
 
 
 def _print_resume_hint(experiment_path: str | None, what: str) -> None:
@@ -426,7 +435,10 @@ def _finish_study(plan: StudyPlan, study_runs: mlflow_runs.MlflowStudy, ledger: 
     best = ledger.best()
     if best is None:
         counts = ledger.counts()
-        if config.study.metric not in ledger.metrics_seen and not counts["FAIL"]:
+        # A metric that no finished trial reported is a config mistake; trials that were
+        # all stopped (by --timeout or the scheduler) before their last epoch are not.
+        stopped = counts["FAIL"] + counts["KILLED"] + counts["PRUNED"]
+        if config.study.metric not in ledger.metrics_seen and not stopped:
             raise MetricError(
                 f"metric {config.study.metric!r} was never reported; the trials reported: "
                 f"{', '.join(sorted(ledger.metrics_seen)) or 'nothing'}.",

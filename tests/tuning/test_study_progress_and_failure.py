@@ -121,12 +121,6 @@ def test_no_trial_finished_ends_with_exit_code_1(failed_study):
     assert "RuntimeError: stand-in trial" in child.data.tags["themetune.end_reason"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "README: exit code 1 when no trial finished. When study.timeout (--timeout) ends a "
-    "study before any trial reported, _finish_study raises MetricError (exit 2: \"metric "
-    "'test_acc' was never reported ... Fix: use one of: ...\", a config mistake) instead "
-    "of StudyFailedError: it tells a missing metric from an unfinished study only by "
-    "failed trials, and these were KILLED by the timeout."))
 def test_timeout_before_any_trial_finished_ends_with_exit_code_1(ray_local, mlflow_uri,
                                                                  tmp_path, digits_theme):
     configs = tiny_config_files(
