@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc.one_line()}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:
-        from tuning.interrupts import StudyInterrupted
+        from tuning.recovery.interrupts import StudyInterrupted
 
         if isinstance(exc, StudyInterrupted) and exc.closed:
             print("interrupted: running trials and the parent run were marked KILLED.",
@@ -89,14 +89,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from tuning.config import Overrides, load_study_config
-    from tuning.report import print_dry_run, print_outcome
+    from tuning.tracking.report import print_dry_run, print_outcome
 
     files = _config_files(args)
     overrides = Overrides(theme_id=args.theme_id, n_trials=args.n_trials,
                           timeout=args.timeout, max_concurrent_trials=args.max_concurrent_trials)
     study_name, storage, record_id, resume = args.study_name, args.storage, args.record_id, None
     if args.resume is not None:
-        from tuning import resume as resuming
+        from tuning.recovery import resume as resuming
 
         resume = resuming.request(
             args.resume, config_file=files.config, theme_id=args.theme_id, storage=storage,

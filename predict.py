@@ -62,7 +62,7 @@ def champion_of_theme(theme_id: int) -> str:
 
     django.setup()
     from data_access.selectors import theme_get
-    from tuning.report import champion_uri
+    from tuning.tracking.report import champion_uri
 
     return champion_uri(f"{theme_get(theme_id=theme_id).name}_model")
 

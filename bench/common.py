@@ -254,7 +254,7 @@ class Workspace:
         """configs/demo with overrides merged in, written to a folder of this workspace.
 
         Ray results and the data cache always go into the workspace."""
-        from tuning.params import deep_merge
+        from tuning.config.params import deep_merge
 
         folder = self.root / name
         folder.mkdir(parents=True, exist_ok=True)

@@ -85,7 +85,7 @@ def first_batch_probe(config: dict[str, Any], *, data, settings) -> None:
     """train_trial, stopped at the first training forward; reports where the time went."""
     from ray import tune
 
-    import tuning.trainable as tt
+    import tuning.trial.trainable as tt
 
     entered = time.time()
     spans: dict[str, float] = {}

@@ -2,7 +2,7 @@
 
     python -m bench.loop [--quick] [--batch 64] [--threads 1] [--rounds N]
 
-ours  = tuning.trainable.train_epoch over a DeviceSplit (uint8 on the device, converted,
+ours  = tuning.trial.trainable.train_epoch over a DeviceSplit (uint8 on the device, converted,
         optionally augmented and normalized per batch, loss/accuracy kept on the device)
 bare  = the loop a user would write: the split already as normalized float32 on the
         device, randperm, index, forward, cross-entropy, backward, step
@@ -51,9 +51,9 @@ def make_variants(split, *, device, model_name: str, num_classes: int, in_channe
     import torch.nn.functional as F
 
     from tuning.data import Split
-    from tuning.model import build_model
-    from tuning.params import TrainingParams
-    from tuning.trainable import DeviceSplit, channel_stats, make_optimizer, train_epoch
+    from tuning.trial.model import build_model
+    from tuning.config.params import TrainingParams
+    from tuning.trial.trainable import DeviceSplit, channel_stats, make_optimizer, train_epoch
 
     if limit is not None and limit < len(split.labels):
         split = Split(images=split.images[:limit], labels=split.labels[:limit],
@@ -140,9 +140,9 @@ def epoch_extras(valid, mean, std, *, device, model_name, num_classes, in_channe
     """What a trial does per epoch besides training: evaluate, and the checkpoint file."""
     import torch
 
-    from tuning.model import build_model
-    from tuning.params import TrainingParams
-    from tuning.trainable import evaluate, make_optimizer, save_checkpoint
+    from tuning.trial.model import build_model
+    from tuning.config.params import TrainingParams
+    from tuning.trial.trainable import evaluate, make_optimizer, save_checkpoint
 
     torch.manual_seed(0)
     model = build_model(model_name, num_classes=num_classes, in_channels=in_channels).to(device)
@@ -195,10 +195,10 @@ def main(argv: list[str] | None = None) -> int:
           f"of {limit or 'all'} images; ratio on {clock} time")
     print_machine(info)
 
-    from tuning.augment import AugmentSettings
+    from tuning.data.augment import AugmentSettings
     from tuning.data import prepare_data
     from tuning.study import preprocess_settings
-    from tuning.trainable import DeviceSplit
+    from tuning.trial.trainable import DeviceSplit
 
     rows, cases = [], []
     with Workspace("loop", keep=args.keep) as ws:

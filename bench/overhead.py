@@ -90,7 +90,7 @@ def cold_import_seconds() -> float:
     from bench.common import REPO
 
     code = ("import time; t = time.perf_counter(); import torch, torchvision, ray.tune; "
-            "import tuning.trainable; print(time.perf_counter() - t)")
+            "import tuning.trial.trainable; print(time.perf_counter() - t)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                          text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
@@ -100,7 +100,7 @@ def checkpoint_bytes(plan) -> bytes:
     """A real checkpoint of the study's model, in train_trial's format."""
     import torch
 
-    from tuning.model import build_model
+    from tuning.trial.model import build_model
 
     params = plan.config.params
     model = build_model(params.model.name, num_classes=plan.theme.num_classes,
@@ -186,7 +186,7 @@ def instrumented(timeline: Timeline, *, reuse_actors: bool | None):
     the StudyCallback hooks (timed)."""
     from ray import tune
 
-    from tuning.callbacks import StudyCallback
+    from tuning.tracking.callbacks import StudyCallback
     from tuning.optuna_adapter import StudySearch
 
     saved = {"Tuner.fit": tune.Tuner.fit, "TuneConfig": tune.TuneConfig,
@@ -262,7 +262,7 @@ def instrumented(timeline: Timeline, *, reuse_actors: bool | None):
 
 def run_service(plan, trainable, *, reuse_actors: bool | None) -> dict[str, Any]:
     from data_access.recorder import DjangoStudyRecorder
-    from tuning.progress import ProgressDisplay
+    from tuning.tracking.progress import ProgressDisplay
     from tuning.study import run_study
 
     timeline = Timeline()
@@ -286,7 +286,7 @@ def run_bare_tune(plan, trainable) -> dict[str, Any]:
     """The same trials through plain Ray Tune: random configs, no callbacks of ours."""
     from ray import tune
 
-    from tuning.trainable import TrialSettings
+    from tuning.trial.trainable import TrialSettings
 
     config = plan.config
     settings = TrialSettings(base=config.base, augments=None, num_classes=plan.theme.num_classes,
@@ -472,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
             plan = prepare_study(config, theme)
         setup["prepare_study (decode or cache)"] = time.perf_counter() - t0
         setup["ray.init (local cluster start)"] = start_ray(config)
-        setup["imports of a trial in a new process (torch, tuning.trainable)"] = \
+        setup["imports of a trial in a new process (torch, tuning.trial.trainable)"] = \
             cold_import_seconds()
         import ray
 

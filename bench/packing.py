@@ -4,7 +4,7 @@
 
 For each k, one Ray Tune run of k trials with resources {"cpu": 1, "gpu": 1/k}, all on
 one GPU at once. Each trial trains ResNet18 (32 px RGB, 10 classes, synthetic uint8
-data on the GPU) with this repo's loop (tuning.trainable: DeviceSplit, make_optimizer,
+data on the GPU) with this repo's loop (tuning.trial.trainable: DeviceSplit, make_optimizer,
 train_epoch), for each batch size in turn: it warms up (cudnn.benchmark picks its
 kernels), waits at a barrier until all k trials are warm, then trains for `seconds`
 and counts images. Aggregate images/s = the sum over the k trials.
@@ -57,9 +57,9 @@ def packed_trial(config: dict[str, Any]) -> None:
     from ray import tune
 
     from tuning.data import Split
-    from tuning.model import build_model
-    from tuning.params import TrainingParams
-    from tuning.trainable import DeviceSplit, channel_stats, make_optimizer, train_epoch
+    from tuning.trial.model import build_model
+    from tuning.config.params import TrainingParams
+    from tuning.trial.trainable import DeviceSplit, channel_stats, make_optimizer, train_epoch
 
     torch.set_num_threads(1)
     torch.backends.cudnn.benchmark = True

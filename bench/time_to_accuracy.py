@@ -7,7 +7,7 @@ original  what ../shared/seed describes: optuna.create_study + study.optimize, o
           at a time in one process (torch on all cores), no pruning, an MLflow parent
           run with one nested child run per trial (mlflow.start_run(nested=True)), each
           trial's model logged, the best registered. Its trials reuse this repo's model
-          and loop (tuning.trainable: DeviceSplit, make_optimizer, train_epoch, evaluate),
+          and loop (tuning.trial.trainable: DeviceSplit, make_optimizer, train_epoch, evaluate),
           so the comparison is about how trials are run, not how an epoch is written.
 service   run_study: Ray Tune, `max_concurrent_trials` trials at once (1 CPU thread each),
           ASHA on valid_acc, checkpoints each epoch, MLflow child runs, the DB recorder.
@@ -66,11 +66,11 @@ def run_original(plan, *, n_trials: int, threads: int | None) -> dict[str, Any]:
     import optuna
     import torch
 
-    from tuning.augment import AugmentSettings
-    from tuning.model import build_model
-    from tuning.search_space import to_distributions
+    from tuning.data.augment import AugmentSettings
+    from tuning.trial.model import build_model
+    from tuning.config.search_space import to_distributions
     from tuning.study import augment_settings
-    from tuning.trainable import (DeviceSplit, channel_stats, evaluate, make_optimizer,
+    from tuning.trial.trainable import (DeviceSplit, channel_stats, evaluate, make_optimizer,
                                   train_epoch)
 
     logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
@@ -147,7 +147,7 @@ def run_original(plan, *, n_trials: int, threads: int | None) -> dict[str, Any]:
 
 def run_service_study(plan, *, reuse_actors: bool | None) -> dict[str, Any]:
     from bench.overhead import run_service
-    from tuning.trainable import train_trial
+    from tuning.trial.trainable import train_trial
 
     run = run_service(plan, train_trial, reuse_actors=reuse_actors)
     timeline = run["timeline"]

@@ -18,7 +18,7 @@ from django.db import DataError as DatabaseDataError
 from data_access import services
 from data_access.db import database_description
 from tuning.processes import process_start_time
-from tuning.recording import StudyEnd, StudyStart, TrialEnd, TrialResult, TrialStart
+from tuning.tracking.recording import StudyEnd, StudyStart, TrialEnd, TrialResult, TrialStart
 
 Event = StudyStart | TrialStart | TrialResult | TrialEnd | StudyEnd
 

@@ -14,7 +14,7 @@ from data_access.db import database_description, database_errors_as_user_errors
 from data_access.models import Theme, ThemeImage, TuningParamConfig, TuningStudy, TuningTrial
 from tuning.errors import ThemeError, ThemetuneError
 from tuning.states import ACTIVE_STATUSES
-from tuning.theme import Sample, ThemeSpec
+from tuning.data.theme import Sample, ThemeSpec
 
 __all__ = [
     "ParamConfigInfo",

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tuning.theme import Sample, ThemeSpec  # noqa: E402
+from tuning.data.theme import Sample, ThemeSpec  # noqa: E402
 
 
 def write_digits_folder(folder: Path, *, per_class: int, classes: int = 10) -> Path:

@@ -48,7 +48,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import launch  # noqa: E402
-from tuning.resume import RESUME_FILE  # noqa: E402
+from tuning.recovery.resume import RESUME_FILE  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -255,7 +255,9 @@ def finished_children(site, scenario):
     return [c for c in runs if c.info.status == "FINISHED"]
 
 
-def logged_models(runs) -> dict:
+def logged_models(site, runs) -> dict:
+    # The site's own store: mlflow's global tracking URI belongs to whichever test set it.
+    mlflow.set_tracking_uri(site["env"]["MLFLOW_TRACKING_URI"])
     return {m.source_run_id: m for m in mlflow.search_logged_models(
         experiment_ids=[runs[0].info.experiment_id], output_format="list")}
 
@@ -286,7 +288,7 @@ def test_each_child_run_has_its_model_and_trial_config(site, scenario):
     """log_models: all -> every finished trial's child run holds its pyfunc model and
     trial_config.yaml (the trial's own parameters)."""
     runs = finished_children(site, scenario)
-    models = logged_models(runs)
+    models = logged_models(site, runs)
     for child in runs:
         assert child.info.run_id in models, f"{child.info.run_name} has no model"
         path = mlflow.artifacts.download_artifacts(
@@ -305,7 +307,7 @@ def test_model_weights_start_every_trial_and_misfit_layers_are_skipped(site, sce
     loaded, so each child's model must carry the file's backbone exactly."""
     weights = scenario["weights"]
     runs = finished_children(site, scenario)
-    models = logged_models(runs)
+    models = logged_models(site, runs)
     backbone = [k for k in weights if not k.startswith(("conv1.", "fc."))]
     assert backbone
     for child in runs[:3]:   # loading a model takes a second or two: three suffice

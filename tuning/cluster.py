@@ -8,8 +8,8 @@ import os
 import uuid
 from pathlib import Path
 
-from tuning import output
-from tuning.infra import RaySection
+from tuning.tracking import output
+from tuning.config.infra import RaySection
 from tuning.storage import is_remote_storage, local_storage_path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -106,7 +106,7 @@ def _local_gpus() -> int:
 
 def trial_resources(resources) -> dict[str, float]:
     """What Ray reserves for one trial (config.yaml resources)."""
-    from tuning.memory_cap import GIB
+    from tuning.trial.memory_cap import GIB
 
     wanted = {"cpu": resources.cpu, "gpu": resources.gpu}
     if resources.memory_gb:
@@ -127,7 +127,7 @@ def check_trial_fits(resources, *, local: bool, file: str = "config.yaml") -> No
     import ray
 
     from tuning.errors import ConfigError
-    from tuning.memory_cap import GIB
+    from tuning.trial.memory_cap import GIB
 
     wanted = {"CPU": resources.cpu, "GPU": resources.gpu,
               "memory": trial_resources(resources).get("memory", 0)}

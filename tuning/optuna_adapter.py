@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from tuning.errors import StorageError
 from tuning.numbers import is_finite_number
-from tuning.params import epoch_metric_for, is_final_result
+from tuning.config.params import epoch_metric_for, is_final_result
 from tuning.storage import absolute_url, journal_path
 
 

@@ -14,22 +14,23 @@ from typing import Any
 
 import optuna
 
-from tuning import mlflow_runs, output, storage
-from tuning import resume as resume_files
-from tuning.augment import AugmentSettings
+from tuning.tracking import mlflow_runs, output
+from tuning import storage
+from tuning.recovery import resume as resume_files
+from tuning.data.augment import AugmentSettings
 from tuning.config import StudyConfig
 from tuning.data import PreparedData, PreprocessSettings, prepare_data
 from tuning.errors import (ConfigError, MetricError, Reported, StudyStoppedError, ThemeError,
                            ThemetuneError)
-from tuning.interrupts import StopRequest, StudyInterrupted
-from tuning.ledger import StudyLedger
+from tuning.recovery.interrupts import StopRequest, StudyInterrupted
+from tuning.tracking.ledger import StudyLedger
 from tuning.optuna_adapter import StudySearch, check_existing_study, open_storage
-from tuning.params import REPORTED_METRICS, TrainingParams
-from tuning.pretrained import load_study_weights
-from tuning.progress import ProgressDisplay
-from tuning.recording import NullRecorder, StudyEnd, StudyRecorder, StudyStart
-from tuning.search_space import describe, to_distributions
-from tuning.theme import ThemeSpec
+from tuning.config.params import REPORTED_METRICS, TrainingParams
+from tuning.trial.pretrained import load_study_weights
+from tuning.tracking.progress import ProgressDisplay
+from tuning.tracking.recording import NullRecorder, StudyEnd, StudyRecorder, StudyStart
+from tuning.config.search_space import describe, to_distributions
+from tuning.data.theme import ThemeSpec
 
 
 
@@ -164,7 +165,7 @@ def run_study(plan: StudyPlan, *, recorder: StudyRecorder | None = None,
     """Run the study; `trainable` replaces train_trial (benchmarks time the service
     around a trial of fixed work with it). With `resume`, continue a study whose driver
     died: its Tune experiment is restored and its MLflow parent run reopened."""
-    from tuning.models_io import ModelLogger  # torch and MLflow's pyfunc: not for --dry-run
+    from tuning.tracking.models_io import ModelLogger  # torch and MLflow's pyfunc: not for --dry-run
 
     recorder = recorder or NullRecorder()
     _start_ray(plan.config)
@@ -283,7 +284,7 @@ def _searcher(plan: StudyPlan, parent_run_id: str) -> StudySearch:
 
 
 def _callback(run: _StudyRun, searcher: StudySearch, models, progress: ProgressDisplay):
-    from tuning.callbacks import StudyCallback
+    from tuning.tracking.callbacks import StudyCallback
 
     config = run.plan.config
     ledger = StudyLedger(metric=config.study.metric, direction=config.study.direction,
@@ -298,7 +299,7 @@ def _trainable(plan: StudyPlan, trainable):
     from ray import tune
 
     from tuning.cluster import trial_resources
-    from tuning.trainable import TrialSettings, train_trial
+    from tuning.trial.trainable import TrialSettings, train_trial
 
     config = plan.config
     settings = TrialSettings(base=config.base, augments=augment_settings(config),
@@ -475,7 +476,7 @@ def _finish_study(plan: StudyPlan, study_runs: mlflow_runs.MlflowStudy, ledger: 
 def _register(plan: StudyPlan, best, models, parent_id: str,
               study_runs: mlflow_runs.MlflowStudy) -> mlflow_runs.Registration:
     """Log the best model to the parent run, register it, and decide the champion."""
-    from tuning.model_package import description
+    from tuning.tracking.model_package import description
 
     config = plan.config
     best_uri, preprocessing = models.log_best(best, parent_run_id=parent_id)

@@ -7,7 +7,7 @@ from typing import Any
 import yaml
 
 from data_access.selectors import StudyInfo
-from tuning.params import deep_merge, set_dotted
+from tuning.config.params import deep_merge, set_dotted
 
 
 def nested(best_params: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from django import forms
 from django.utils.translation import gettext_lazy as _
 
-from tuning.params import REPORTED_METRICS
+from tuning.config.params import REPORTED_METRICS
 
 _NUMBER = {"inputmode": "decimal", "class": "num"}
 _YAML = {"rows": 8, "spellcheck": "false", "class": "yaml"}

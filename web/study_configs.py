@@ -17,9 +17,9 @@ import yaml
 
 from tuning.cluster import check_resources
 from tuning.config import ConfigFiles, Overrides, StudyConfig, load_study_config
-from tuning.config_errors import read_yaml
+from tuning.config.errors import read_yaml
 from tuning.errors import ConfigError
-from tuning.params import deep_merge
+from tuning.config.params import deep_merge
 
 FILE_NAMES = ("optuna_params.yaml", "params.yaml", "config.yaml", "augments.yaml")
 DEFAULT_PRESET = "default"

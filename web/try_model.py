@@ -27,7 +27,7 @@ from django.utils.translation import gettext as _
 
 from data_access.selectors import StudyInfo
 from tuning.errors import ThemetuneError
-from tuning.infra import MlflowSection
+from tuning.config.infra import MlflowSection
 from tuning.states import StudyStatus
 
 PERMISSION = "data_access.try_model"
@@ -39,7 +39,7 @@ TOP = 3                     # classes shown per image
 THUMBNAIL_PX = 64
 # Loaded models kept in this process; a ResNet101 pyfunc holds ~170 MB.
 CACHE_SIZE = 4
-CHAMPION = "champion"       # tuning.mlflow_runs.CHAMPION, without importing MLflow here
+CHAMPION = "champion"       # tuning.tracking.mlflow_runs.CHAMPION, without importing MLflow here
 DEFAULT_TRACKING_URI = MlflowSection().tracking_uri
 
 
@@ -57,7 +57,7 @@ def model_name(theme_name: str) -> str:
 
 def form_context(theme_name: str) -> dict:
     """What the upload form and the page around it show (templates: _try_model_form)."""
-    from tuning.report import champion_uri
+    from tuning.tracking.report import champion_uri
 
     return {"field": FIELD, "max_files": MAX_FILES, "max_mb": MAX_FILE_MB,
             "uri": champion_uri(model_name(theme_name))}
@@ -82,7 +82,7 @@ def theme_tracking_uri(studies: list[StudyInfo]) -> str:
 
 
 def _resolved(configured: str) -> str:
-    from tuning.mlflow_runs import resolve_tracking_uri
+    from tuning.tracking.mlflow_runs import resolve_tracking_uri
 
     return _in_repo(resolve_tracking_uri(configured))
 
@@ -121,7 +121,7 @@ class Champion:
 
     @property
     def uri(self) -> str:
-        from tuning.report import champion_uri
+        from tuning.tracking.report import champion_uri
 
         return champion_uri(self.model_name)
 
@@ -144,7 +144,7 @@ def find_champion(*, tracking_uri: str, name: str) -> Champion | None:
         return None
     from mlflow.exceptions import MlflowException
 
-    from tuning import mlflow_runs
+    from tuning.tracking import mlflow_runs
 
     try:
         mlflow_runs.check_reachable(tracking_uri)   # a quick "no server", not minutes of retries

@@ -13,7 +13,7 @@ from data_access.models import TuningParamConfig, TuningStudy, TuningTrial
 from data_access.selectors import StudyNotFoundError
 from data_access.services._values import aware, finite_or_none, json_safe
 from data_access.services.themes import require_theme
-from tuning.recording import StudyEnd, StudyStart, TrialEnd, TrialResult, TrialStart
+from tuning.tracking.recording import StudyEnd, StudyStart, TrialEnd, TrialResult, TrialStart
 from tuning.states import StudyStatus, TrialState
 
 

@@ -8,7 +8,7 @@ from django.urls import reverse
 from data_access import services
 from data_access.models import Theme, ThemeImage, TuningParamConfig, TuningStudy, TuningTrial
 from data_access.recorder import DjangoStudyRecorder
-from tuning.recording import StudyEnd, StudyStart, TrialEnd, TrialResult, TrialStart
+from tuning.tracking.recording import StudyEnd, StudyStart, TrialEnd, TrialResult, TrialStart
 
 pytestmark = pytest.mark.django_db
 

@@ -11,7 +11,7 @@ from django.db import connection
 from data_access import selectors, services
 from data_access.models import Theme, TuningParamConfig, TuningStudy, TuningTrial
 from data_access.recorder import DjangoStudyRecorder
-from tuning.recording import StudyEnd, StudyStart, TrialEnd, TrialResult, TrialStart
+from tuning.tracking.recording import StudyEnd, StudyStart, TrialEnd, TrialResult, TrialStart
 
 pytestmark = pytest.mark.django_db
 

@@ -13,7 +13,7 @@ from django.core.management.base import CommandError
 from data_access import selectors, services
 from data_access.models import Theme
 from tuning.errors import ThemeError
-from tuning.theme import ThemeSpec
+from tuning.data.theme import ThemeSpec
 
 pytestmark = pytest.mark.django_db
 

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from tests.conftest import tiny_config_files
 from tests.reliability.reliability_helpers import free_port, run_launch
 from tuning.config import ConfigFiles, Overrides, load_study_config
-from tuning.progress import ProgressDisplay
+from tuning.tracking.progress import ProgressDisplay
 from tuning.study import prepare_study, run_study
 
 pytestmark = pytest.mark.ray
@@ -137,7 +137,7 @@ def test_reliability_mlflow_outage_longer_than_budget_exits_1_with_resume_comman
     error line naming the budget, and the command that continues the study. (launch.py
     joins the session's Ray cluster through ray.address: no Ray start of its own.)"""
     from tests.reliability.reliability_helpers import Driver
-    from tuning.resume import why_not_resumable
+    from tuning.recovery.resume import why_not_resumable
 
     budget_s = 5
     env = {**site["env"], **ray_local_join["env"], "MLFLOW_TRACKING_URI": mlflow_server.uri,

@@ -18,12 +18,12 @@ import optuna.distributions as od
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tuning import mlflow_runs
-from tuning.callbacks import ORPHAN_REASON, StudyCallback
-from tuning.ledger import COMPLETE, RUNNING, StudyLedger
+from tuning.tracking import mlflow_runs
+from tuning.tracking.callbacks import ORPHAN_REASON, StudyCallback
+from tuning.tracking.ledger import COMPLETE, RUNNING, StudyLedger
 from tuning.optuna_adapter import StudySearch, open_storage
-from tuning.progress import ProgressDisplay
-from tuning.recording import NullRecorder
+from tuning.tracking.progress import ProgressDisplay
+from tuning.tracking.recording import NullRecorder
 
 SPACE = {"training.learning_rate": od.FloatDistribution(1e-4, 1e-1, log=True)}
 

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.reliability.reliability_helpers import Driver, run_launch, trials_done
 from tests.conftest import tiny_config_files
-from tuning.resume import RESUME_FILE
+from tuning.recovery.resume import RESUME_FILE
 
 pytestmark = pytest.mark.ray
 

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import tiny_config_files
 from tests.reliability.reliability_helpers import Driver, free_port, run_launch, trials_done
-from tuning.resume import RESUME_FILE
+from tuning.recovery.resume import RESUME_FILE
 
 pytestmark = pytest.mark.ray
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tuning.augment import AugmentSettings, augment_batch
+from tuning.data.augment import AugmentSettings, augment_batch
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 ALL = AugmentSettings(horizontal_flip=0.5, vertical_flip=0.5, random_crop_padding=2,

@@ -13,7 +13,7 @@ import yaml
 from tests.conftest import tiny_config_files
 from tuning.config import ConfigFiles, Overrides, load_study_config
 from tuning.errors import ConfigError
-from tuning.search_space import CategoricalParam, FloatParam, IntParam, to_distributions
+from tuning.config.search_space import CategoricalParam, FloatParam, IntParam, to_distributions
 
 ROOT = Path(__file__).resolve().parents[2]
 

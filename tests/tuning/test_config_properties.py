@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 from tuning.config import ConfigFiles, Overrides, StudyConfig, load_study_config
 from tuning.errors import ConfigError
-from tuning.params import known_param_paths
-from tuning.search_space import to_distributions
+from tuning.config.params import known_param_paths
+from tuning.config.search_space import to_distributions
 
 BASE = {
     "optuna_params": {

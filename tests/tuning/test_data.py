@@ -13,7 +13,7 @@ from PIL import Image
 import tuning.data as data
 from tuning.data import PreprocessSettings, prepare_data
 from tuning.errors import DataError
-from tuning.theme import Sample, ThemeSpec
+from tuning.data.theme import Sample, ThemeSpec
 
 BASE = PreprocessSettings(image_size=8, channels=3, brightness=None, patch_size=None,
                           patch_stride=None, split=(0.6, 0.2, 0.2), seed=0,

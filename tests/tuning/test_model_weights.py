@@ -12,7 +12,7 @@ import torchvision
 from tests.conftest import tiny_config_files
 from tuning.config import ConfigFiles, Overrides, load_study_config
 from tuning.errors import ConfigError
-from tuning.model import build_model
+from tuning.trial.model import build_model
 from tuning.study import prepare_study
 
 

@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from tuning.optuna_adapter import (MLFLOW_RUN_ATTR, ORIGIN_ATTR, RAY_TRIAL_ATTR, StudySearch,
                                    open_storage)
-from tuning.params import REPORTED_METRICS, epoch_metric_for
+from tuning.config.params import REPORTED_METRICS, epoch_metric_for
 
 SPACE = {"training.learning_rate": od.FloatDistribution(1e-4, 1e-1, log=True)}
 

@@ -18,11 +18,11 @@ from tests.conftest import make_site, tiny_config_files
 from tuning.config import ConfigFiles, Overrides, load_study_config
 from tuning.data import Split
 from tuning.errors import ConfigError
-from tuning.model import build_model, freeze_backbone
-from tuning.params import TrainingParams
-from tuning.pretrained import load_imagenet_state, load_study_weights
-from tuning.search_space import to_distributions
-from tuning.trainable import DeviceSplit, load_state_dict, make_optimizer, train_epoch
+from tuning.trial.model import build_model, freeze_backbone
+from tuning.config.params import TrainingParams
+from tuning.trial.pretrained import load_imagenet_state, load_study_weights
+from tuning.config.search_space import to_distributions
+from tuning.trial.trainable import DeviceSplit, load_state_dict, make_optimizer, train_epoch
 
 ROOT = Path(__file__).resolve().parents[2]
 RESNET18_URL = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
@@ -219,7 +219,7 @@ def test_launch_dry_run_without_the_file_exits_2_with_one_line(
 @pytest.mark.ray
 def test_linear_probe_study_keeps_the_pretrained_backbone(
         ray_local, mlflow_uri, tmp_path, digits_theme, torch_home):
-    from tuning.progress import ProgressDisplay
+    from tuning.tracking.progress import ProgressDisplay
     from tuning.study import prepare_study, run_study
 
     planted = plant_resnet18(torch_home)

@@ -26,10 +26,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import ROOT, tiny_config_files
-from tuning import mlflow_runs
+from tuning.tracking import mlflow_runs
 from tuning.config import ConfigFiles, Overrides, load_study_config
 from tuning.data import prepare_data
-from tuning.progress import ProgressDisplay
+from tuning.tracking.progress import ProgressDisplay
 from tuning.study import StudyOutcome, prepare_study, preprocess_settings, run_study
 
 pytestmark = pytest.mark.ray

@@ -17,8 +17,8 @@ from tests.reliability.reliability_helpers import free_port
 from tuning.config import ConfigFiles, Overrides, load_study_config
 from tuning.errors import StorageError
 from tuning.optuna_adapter import open_storage
-from tuning.progress import ProgressDisplay
-from tuning.search_space import to_distributions
+from tuning.tracking.progress import ProgressDisplay
+from tuning.config.search_space import to_distributions
 from tuning.study import prepare_study, run_study
 
 SPACE = {"training.learning_rate": {"type": "float", "low": 0.001, "high": 0.01, "log": True},

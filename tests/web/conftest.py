@@ -92,7 +92,7 @@ def theme(db, digits_dir):
 def make_study(db):
     """A study recorded as launch.py records one: rows written through the recorder."""
     from data_access.recorder import DjangoStudyRecorder
-    from tuning.recording import StudyEnd, StudyStart, TrialEnd, TrialResult, TrialStart
+    from tuning.tracking.recording import StudyEnd, StudyStart, TrialEnd, TrialResult, TrialStart
 
     def make(theme, *, values=(0.5, 0.75, 0.6), finish=True, name="tiny_run"):
         recorder = DjangoStudyRecorder()

@@ -148,7 +148,7 @@ def test_resume_refuses_what_cannot_be_resumed(theme, tmp_path):
     (A real resume, launched and run to the end, is in test_web_browser.py.)"""
     import json
 
-    from tuning.resume import RESUME_FILE
+    from tuning.recovery.resume import RESUME_FILE
 
     study = TuningStudy.objects.create(
         theme=theme, name="r", status="completed", direction="maximize", metric="test_acc",

@@ -26,6 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from data_access import selectors
 from web import launch, study_configs
+from web.launch import ray_jobs
 
 pytestmark = [pytest.mark.ray, pytest.mark.django_db(transaction=True)]
 
@@ -103,13 +104,11 @@ def ray_head(tmp_path_factory):
                  "RAY_JOB_STOP_WAIT_TIME_S": STOP_WAIT_S,
                  "THEMETUNE_WEB_RAY_TEST": str(temp_dir)})
         address = f"http://127.0.0.1:{dashboard}"
-        from ray.job_submission import JobSubmissionClient
-
         def reachable():
             assert head.poll() is None, log.read_text()[-3000:]
             try:
-                return JobSubmissionClient(address)
-            except (ConnectionError, RuntimeError):
+                return ray_jobs._client(address)
+            except (ConnectionError, RuntimeError, ray_jobs.RayJobError):
                 return None
 
         try:
@@ -169,12 +168,12 @@ def job_end(jobs, job_id: str):
 
 def test_launch_progress_cancel_and_resume_as_ray_jobs(ray_head, settings, theme, tmp_path,
                                                        monkeypatch):
-    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.job_submission import JobStatus
 
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"    # also the tiny configs' store
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
     settings.THEMETUNE_RAY_JOB_ADDRESS = ray_head
-    jobs = JobSubmissionClient(ray_head)
+    jobs = ray_jobs._client(ray_head)
     mlflow = MlflowClient(tracking)
 
     # Launch ("Launch" on the new-study form).

@@ -11,7 +11,7 @@ import pytest
 from data_access import services
 from data_access.models import TuningParamConfig, TuningStudy
 from data_access.recorder import DjangoStudyRecorder
-from tuning.recording import StudyEnd, StudyStart, TrialEnd, TrialStart
+from tuning.tracking.recording import StudyEnd, StudyStart, TrialEnd, TrialStart
 
 pytestmark = pytest.mark.django_db
 

@@ -32,9 +32,9 @@ def make_champion(folder: Path) -> str:
     import torch
 
     from theme_classifier.network import build_network
-    from tuning import mlflow_runs
+    from tuning.tracking import mlflow_runs
     from tuning.data import PreprocessSettings
-    from tuning.model_package import description, log_classifier, preprocessing_of
+    from tuning.tracking.model_package import description, log_classifier, preprocessing_of
 
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     example = folder / "example.png"

@@ -9,6 +9,7 @@ RAY_AUTH_MODE=token and the cluster's token (RAY_AUTH_TOKEN or ~/.ray/auth_token
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -55,12 +56,26 @@ def stage_working_dir(*, repo: Path, configs: Path, job_dir: Path,
     return job_dir
 
 
+def _auth_headers() -> dict[str, str] | None:
+    """The cluster's token, sent as Ray's own clients send it. Explicit: Ray reads its
+    auth mode once per process, and a process that ran a local Ray (a test run, a
+    notebook) would otherwise send nothing to a cluster that wants a token."""
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if not token:
+        path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+        try:
+            token = path.read_text().strip()
+        except OSError:
+            return None
+    return {"Authorization": f"Bearer {token}"} if token else None
+
+
 def _client(address: str):
     # Imported here: the web UI without a cluster never pays for importing Ray.
     from ray.job_submission import JobSubmissionClient
 
     try:
-        return JobSubmissionClient(address)
+        return JobSubmissionClient(address, headers=_auth_headers())
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise RayJobError(f"cannot reach the Ray cluster at {address}: {exc}") from exc
 

@@ -72,7 +72,7 @@ def resume_command(study: StudyInfo) -> str | None:
     (it is running, completed, or never reached Ray Tune)."""
     if _resume_refusal(study):
         return None
-    from tuning import resume as resume_files
+    from tuning.recovery import resume as resume_files
 
     return f"{resume_files.resume_command(study.experiment_path)} --record-id {study.id}"
 
@@ -103,7 +103,7 @@ def _resume_refusal(study: StudyInfo) -> tuple[str, str] | None:
         return f"is still {study.status}", "wait for it to end, or cancel it first."
     if study.status == StudyStatus.COMPLETED:
         return "already completed", "start a new study instead."
-    from tuning import resume as resume_files
+    from tuning.recovery import resume as resume_files
 
     reason = resume_files.why_not_resumable(study.experiment_path)
     if reason:
@@ -180,7 +180,7 @@ def _absolute_paths(config_yaml: Path, repo: Path) -> None:
     launch; the job's driver runs in a scratch working_dir, so make them absolute."""
     import yaml
 
-    from tuning.config_errors import read_yaml
+    from tuning.config.errors import read_yaml
 
     data = read_yaml(config_yaml)
     for section, key in (("ray", "storage_path"), (None, "cache_dir")):

@@ -7,7 +7,7 @@ from django import template
 from django.conf import settings
 from django.utils.translation import gettext_lazy as _
 
-from tuning.progress import format_duration
+from tuning.tracking.progress import format_duration
 from tuning.states import StudyStatus, TrialState
 
 register = template.Library()

@@ -22,7 +22,7 @@ import theme_classifier
 from theme_classifier.preprocess import Preprocessing, decode
 from theme_classifier.pyfunc import (INPUT_COLUMN, METADATA_ARTIFACT, NETWORK_ARTIFACT,
                                      ThemeClassifier)
-from tuning import mlflow_runs
+from tuning.tracking import mlflow_runs
 
 CODE_PATH = str(Path(theme_classifier.__file__).resolve().parent)
 NETWORK_FILE = "network.pt"
@@ -107,7 +107,7 @@ def checkpoint_stats(state: dict, train_images: np.ndarray) -> tuple[list[float]
     from the training split for checkpoints written before they were saved."""
     if "mean" in state and "std" in state:
         return list(state["mean"]), list(state["std"])
-    from tuning.trainable import channel_stats
+    from tuning.trial.trainable import channel_stats
 
     mean, std = channel_stats(torch.from_numpy(np.ascontiguousarray(train_images)))
     return mean.flatten().tolist(), std.flatten().tolist()

@@ -32,7 +32,7 @@ from PIL import Image
 from theme_classifier.preprocess import (HISTOGRAM_EQUALIZATION, cut_patches, decode,
                                          equalize)
 from tuning.errors import DataError
-from tuning.theme import ThemeSpec
+from tuning.data.theme import ThemeSpec
 
 # Bump whenever decoding or preprocessing changes what the arrays contain.
 FORMAT_VERSION = 1

@@ -1,7 +1,7 @@
 """The classifiers a trial trains: torchvision ResNets, built without downloading weights.
 
 A model starts random, from torchvision's ImageNet weights (a state dict the driver read
-once, see tuning.pretrained), or from a local state_dict file (model.weights); with
+once, see tuning.trial.pretrained), or from a local state_dict file (model.weights); with
 model.freeze_backbone only its classifier trains.
 """
 
@@ -43,7 +43,7 @@ def load_imagenet_backbone(model: nn.Module, state: dict[str, torch.Tensor], *,
         backbone["conv1.weight"] = backbone["conv1.weight"].sum(dim=1, keepdim=True)
     missing, unexpected = model.load_state_dict(backbone, strict=False)
     if unexpected or set(missing) != {"fc.weight", "fc.bias"}:
-        # tuning.pretrained checked the file against the architecture: this is a bug.
+        # tuning.trial.pretrained checked the file against the architecture: this is a bug.
         raise RuntimeError(f"ImageNet state does not fit the model: missing {missing}, "
                            f"unexpected {unexpected}")
 

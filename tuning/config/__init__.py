@@ -14,12 +14,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from tuning.config_errors import config_error_from_validation, printable, read_yaml
+from tuning.config.errors import config_error_from_validation, printable, read_yaml
 from tuning.errors import ConfigError
-from tuning.infra import AugmentsConfig, InfraConfig
-from tuning.params import (REPORTED_METRICS, Strict, TrainingParams, deep_merge, has_dotted,
+from tuning.config.infra import AugmentsConfig, InfraConfig
+from tuning.config.params import (REPORTED_METRICS, Strict, TrainingParams, deep_merge, has_dotted,
                            known_param_paths, params_with_sample)
-from tuning.search_space import ParamSpec, parse_param
+from tuning.config.search_space import ParamSpec, parse_param
 
 
 class StudySection(Strict):

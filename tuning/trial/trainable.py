@@ -22,11 +22,11 @@ import torch.nn.functional as F
 from ray import tune
 
 from theme_classifier.preprocess import network_input, standardize, to_unit
-from tuning.augment import AugmentSettings, augment_batch
+from tuning.data.augment import AugmentSettings, augment_batch
 from tuning.data import PreparedData, Split
-from tuning.memory_cap import GIB, TrialOutOfMemoryError, is_out_of_memory, memory_cap
-from tuning.model import build_model, freeze_backbone, set_train_mode
-from tuning.params import TrainingParams, params_with_sample
+from tuning.trial.memory_cap import GIB, TrialOutOfMemoryError, is_out_of_memory, memory_cap
+from tuning.trial.model import build_model, freeze_backbone, set_train_mode
+from tuning.config.params import TrainingParams, params_with_sample
 
 CHECKPOINT_FILE = "checkpoint.pt"
 EVAL_BATCH = 512

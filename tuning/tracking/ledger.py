@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tuning.numbers import is_finite_number
-from tuning.params import REPORTED_METRICS
+from tuning.config.params import REPORTED_METRICS
 from tuning.states import TrialState
 
 # How a trial ended (tuning.states), by the short names the callbacks use.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 
-from tuning.search_space import format_space
+from tuning.config.search_space import format_space
 
 
 def print_dry_run(plan) -> None:

@@ -22,7 +22,7 @@ from torchvision import models
 from torchvision.models import WeightsEnum
 
 from tuning.errors import ConfigError
-from tuning.params import has_dotted
+from tuning.config.params import has_dotted
 
 # Pinned, not `.DEFAULT`: each is torchvision's DEFAULT today (0.29), and pinning keeps
 # the file a cluster was given valid when a torchvision upgrade moves DEFAULT on.
@@ -174,7 +174,7 @@ def check_model_choices(config, *, warn: Callable[[str], None]) -> list[str]:
 def check_weights_files(config) -> None:
     """Each model.weights file a trial would load, loaded now into its architecture: a
     missing or unfit file is a start-up error, not a FAILED trial after Ray started."""
-    from tuning.model import build_model
+    from tuning.trial.model import build_model
 
     file, key = _where(config, "model.weights")
     for name, weights in sorted({(c.name, c.weights) for c in model_choices(config)

@@ -23,7 +23,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from tuning import output
+from tuning.tracking import output
 from tuning.errors import StudyStoppedError, ThemetuneError
 from tuning.numbers import is_finite_number
 
@@ -230,7 +230,7 @@ def reopen_study_runs(*, tracking_uri: str, experiment_id: str, parent_run_id: s
     try:
         parent = client.get_run(parent_run_id)
     except MlflowException as exc:
-        from tuning.resume import ResumeError
+        from tuning.recovery.resume import ResumeError
 
         raise ResumeError(f"MLflow parent run {parent_run_id} is not in {tracking_uri} "
                           f"({exc.error_code}).", key="--resume",

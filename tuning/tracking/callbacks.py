@@ -14,13 +14,13 @@ from typing import Any, Callable
 
 from ray import tune
 
-from tuning import mlflow_runs, output
-from tuning.ledger import (COMPLETE, FAIL, FINAL_STATES, KILLED, PRUNED, RUNNING, StudyLedger,
+from tuning.tracking import mlflow_runs, output
+from tuning.tracking.ledger import (COMPLETE, FAIL, FINAL_STATES, KILLED, PRUNED, RUNNING, StudyLedger,
                            TrialRecord)
 from tuning.optuna_adapter import MLFLOW_RUN_ATTR
-from tuning.params import EPOCH_METRICS, REPORTED_METRICS, is_final_result
-from tuning.progress import ProgressDisplay
-from tuning.recording import StudyRecorder, TrialEnd, TrialResult, TrialStart
+from tuning.config.params import EPOCH_METRICS, REPORTED_METRICS, is_final_result
+from tuning.tracking.progress import ProgressDisplay
+from tuning.tracking.recording import StudyRecorder, TrialEnd, TrialResult, TrialStart
 
 log = output.log
 
@@ -86,7 +86,9 @@ class StudyCallback(tune.Callback):
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
         # Tune's loop turns several times a second: a progress line still comes every
         # min_interval_s while no trial reports (a long epoch, a trial waiting for room).
-        self.progress.update(self.ledger)
+        # The first line waits for the first trial, which says more than "0 running".
+        if self.ledger.trials:
+            self.progress.update(self.ledger)
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         record = self.ledger.get(trial.trial_id)
@@ -273,5 +275,5 @@ def _error_reason(trial) -> str:
     lines = [line.strip() for line in str(text).splitlines() if line.strip()]
     if not lines:
         return "trial raised an error"
-    # Our own errors by their names alone: "tuning.trainable.X: ..." reads "X: ...".
+    # Our own errors by their names alone: "tuning.trial.trainable.X: ..." reads "X: ...".
     return re.sub(r"^tuning\.[\w.]+\.(\w+): ", r"\1: ", lines[-1])[:500]

@@ -211,7 +211,7 @@ def restore_tuner(experiment_path: str, trainable, *, searcher, scheduler, callb
     internal = getattr(tuner, "_local_tuner", None)
     if internal is None or not hasattr(internal, "_tune_config"):
         raise RuntimeError("this Ray version's Tuner has no _local_tuner._tune_config; "
-                           "tuning/resume.py:restore_tuner needs updating")
+                           "tuning/recovery/resume.py:restore_tuner needs updating")
     internal._tune_config.search_alg = searcher
     internal._tune_config.scheduler = scheduler
     internal._run_config.callbacks = [callback]

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from tuning.params import Strict
+from tuning.config.params import Strict
 
 
 class MlflowSection(Strict):
@@ -28,7 +28,7 @@ class RaySection(Strict):
 class ResourcesSection(Strict):
     cpu: float = Field(default=1, gt=0)
     gpu: float = Field(default=0, ge=0)
-    # Host memory a trial may add to what its worker holds at start (tuning/memory_cap.py);
+    # Host memory a trial may add to what its worker holds at start (tuning/trial/memory_cap.py);
     # also reserved in Ray's scheduler. None: no cap, no reservation.
     memory_gb: float | None = Field(default=None, gt=0)
 

@@ -1,14 +1,15 @@
 """Trial models from their checkpoints into MLflow: the child run's copy and the best.
 
-Each is logged as the pyfunc of theme_classifier (tuning.model_package): raw images in,
+Each is logged as the pyfunc of theme_classifier (tuning.tracking.model_package): raw images in,
 class names out, with the study's preprocessing and the trial's normalization inside.
 """
 
 from __future__ import annotations
 
 from theme_classifier.preprocess import Preprocessing
-from tuning import mlflow_runs, model_package, storage
-from tuning.ledger import TrialRecord
+from tuning.tracking import mlflow_runs, model_package
+from tuning import storage
+from tuning.tracking.ledger import TrialRecord
 
 
 class ModelLogger:
@@ -27,7 +28,7 @@ class ModelLogger:
     def _checkpoint_state(self, fs_path: str) -> dict:
         # Tune gives a checkpoint's path on the storage's own filesystem ("bucket/key"
         # on S3): read it through the filesystem of ray.storage_path, as Tune wrote it.
-        from tuning.trainable import CHECKPOINT_FILE
+        from tuning.trial.trainable import CHECKPOINT_FILE
 
         data = storage.read_on_storage(self.plan.config.infra.ray.storage_path,
                                        f"{fs_path.rstrip('/')}/{CHECKPOINT_FILE}")

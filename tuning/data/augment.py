@@ -8,7 +8,7 @@ from a generator on the batch's device, and never reads a value back to the host
 The photometric transforms (brightness, contrast) assume values in [0, 1], before
 normalization: scaling a normalized tensor would scale around the dataset mean rather
 than around black (theme_classifier.preprocess: to_unit, augment, then standardize).
-The values were checked when augments.yaml was loaded (tuning.infra.AugmentsConfig).
+The values were checked when augments.yaml was loaded (tuning.config.infra.AugmentsConfig).
 """
 
 from __future__ import annotations

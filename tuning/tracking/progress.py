@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 from typing import TextIO
 
-from tuning import output
-from tuning.ledger import COMPLETE, FAIL, KILLED, PRUNED, RUNNING, StudyLedger
+from tuning.tracking import output
+from tuning.tracking.ledger import COMPLETE, FAIL, KILLED, PRUNED, RUNNING, StudyLedger
 
 
 def format_duration(seconds: float) -> str:

@@ -48,7 +48,7 @@ class ModelParams(Strict):
     name: Literal["ResNet18", "ResNet50", "ResNet101"] = "ResNet18"
     num_classes: int | None = Field(default=None, ge=2)
     weights: str | None = None  # a local state_dict file; nothing is downloaded
-    # torchvision's ImageNet weights, from the local torch hub cache (tuning.pretrained)
+    # torchvision's ImageNet weights, from the local torch hub cache (tuning.trial.pretrained)
     pretrained: bool = False
     # train only the classifier: the backbone's weights and BatchNorm statistics stay
     freeze_backbone: bool = False

@@ -12,9 +12,9 @@ from typing import Any, Literal, Union
 import optuna.distributions as od
 from pydantic import Field, ValidationError, model_validator
 
-from tuning.config_errors import config_error_from_validation, printable
+from tuning.config.errors import config_error_from_validation, printable
 from tuning.errors import ConfigError
-from tuning.params import Strict
+from tuning.config.params import Strict
 
 Scalar = Union[bool, int, float, str, None]
 

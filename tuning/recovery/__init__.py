@@ -1,0 +1,1 @@
+"""Stopping and continuing: signals, and resuming a study whose driver died."""
