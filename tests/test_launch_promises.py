@@ -42,6 +42,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import make_site, tiny_config_files
 from tests.reliability.test_reliability_mlflow_outage import MlflowServer
+from tests.reliability.reliability_helpers import trials_done
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -121,11 +122,6 @@ class Launch:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=60)
-
-
-def trials_done(line: str) -> int | None:
-    match = re.search(r"\[themetune\] trials (\d+)/\d+ done", line)
-    return int(match.group(1)) if match else None
 
 
 def children(client: MlflowClient, parent_id: str):
