@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -135,6 +136,9 @@ def predict_files(model, files: list[Path]):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if hasattr(signal, "SIGPIPE"):
+        # `predict.py ... | head`: a closed pipe ends the listing, not a traceback.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
         store = tracking_uri(args.tracking_uri)
         uri = args.model or champion_of_theme(args.theme_id)
