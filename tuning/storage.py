@@ -77,12 +77,7 @@ def read_bytes(path: str) -> bytes:
 def read_on_storage(storage_path: str, fs_path: str) -> bytes:
     """A file that Tune names by its path on the storage's own filesystem ("bucket/key"
     on S3, a plain path on a local disk)."""
-    import pyarrow.fs
-
-    if is_remote_storage(storage_path):
-        fs, _ = pyarrow.fs.FileSystem.from_uri(storage_path)
-    else:
-        fs = pyarrow.fs.LocalFileSystem()
+    fs, _ = filesystem(storage_path)
     with fs.open_input_stream(fs_path) as f:
         return f.readall()
 

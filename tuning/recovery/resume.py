@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tuning import storage
-from tuning.storage import absolute_url  # noqa: F401  (imported from here by older code)
+from tuning.storage import absolute_url
 from tuning.errors import ThemetuneError
 
 RESUME_FILE = "themetune_resume.json"
