@@ -13,12 +13,14 @@ DEMO_CONFIGS := configs/demo
 
 install: $(STAMP)
 
-# The stamp makes a second `make install` instant while pyproject.toml is unchanged.
-$(STAMP): pyproject.toml
+# The stamp makes a second `make install` instant while pyproject.toml and the lock are
+# unchanged. requirements.lock (cluster/lock.sh) pins every dependency but torch: the
+# tests run with the versions cluster/Dockerfile puts in the node image.
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -c requirements.lock -e ".[test]"
 	touch $(STAMP)
 
 demo: install
@@ -52,11 +54,16 @@ clean:
 
 # The web UI on 127.0.0.1:8000 with the embedded defaults (SQLite db.sqlite3, MLflow in
 # mlflow.db, a local Ray per study). First run: migrates, imports the demo digits theme,
-# and asks for the first (admin) user on a terminal.
+# and asks for the first (admin) user on a terminal. The studies' watchdog (watch_studies)
+# runs beside the server and stops with it.
+# Development mode for this target only: web/settings.py defaults to production (DEBUG
+# off, HTTPS redirect, collectstatic's files, DJANGO_SECRET_KEY required to serve).
+web: export DJANGO_DEBUG := true
 web: install
 	$(PY) manage.py migrate --noinput -v 0
 	$(PY) manage.py web_setup --demo-theme
-	$(PY) manage.py runserver 127.0.0.1:8000
+	$(PY) manage.py watch_studies & watcher=$$!; trap 'kill $$watcher' EXIT INT TERM; \
+	  $(PY) manage.py runserver 127.0.0.1:8000
 
 # Debian's chromium for the browser tests (Playwright's own browser download does not
 # work here), and a Japanese font so that the Japanese pages' screenshots show text,

@@ -31,13 +31,17 @@ class PredictError(ThemetuneError):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="predict.py", description=__doc__.split("\n")[0])
+    # launch.py's parser: a bad flag is one line and exit 2, as every user error is.
+    from launch import OneLineParser, whole_number
+    from tuning.config.params import MAX_ID
+
+    p = OneLineParser(prog="predict.py", description=__doc__.split("\n")[0])
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
                    help="image files, or folders to search for them (recursively)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", metavar="URI",
                         help="an MLflow model URI, e.g. models:/NAME@champion or runs:/ID/model")
-    source.add_argument("--theme-id", type=int,
+    source.add_argument("--theme-id", type=whole_number(1, MAX_ID),
                         help="use this theme's champion, models:/<theme name>_model@champion")
     p.add_argument("--csv", type=Path, metavar="FILE",
                    help="also write path, label, probability and every class's "

@@ -69,7 +69,10 @@ class TuningStudyAdmin(admin.ModelAdmin):
     list_filter = ("status", "direction", "theme")
     list_select_related = ("theme",)
     search_fields = ("name", "optuna_study_name", "mlflow_parent_run_id", "ray_job_id")
-    readonly_fields = ("created_at",)
+    # What the launcher and the watchdog act on: the process it signals, the run folder
+    # it reads. Editable, it would let a staff user have another process killed.
+    readonly_fields = ("created_at", "launcher", "process_id", "process_start",
+                       "cancel_requested_at", "run_dir", "ray_job_id")
     inlines = [TuningParamConfigInline]
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connection
 
 from tuning.errors import ThemetuneError
+from tuning.redact import redact_text
 
 class DatabaseUnusableError(ThemetuneError):
     """The database cannot be reached, has no themetune tables, or refuses a query."""
@@ -35,7 +38,8 @@ def database_description() -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    # Driver messages may quote the URL or a "password=..." pair: never the password.
+    text = redact_text(str(exc).strip())
     return text.splitlines()[0] if text else type(exc).__name__
 
 
@@ -60,10 +64,40 @@ def explain_database_error(exc: DatabaseError) -> DatabaseUnusableError:
     )
 
 
+def check_database_settings() -> None:
+    """DATABASE_URL can be parsed and its backend's driver is installed: else one line.
+    web/settings.py keeps a bad value's reason instead of failing with a traceback."""
+    reason = getattr(settings, "DATABASE_URL_ERROR", "")
+    if reason:
+        example = ("set DATABASE_URL to e.g. sqlite:////abs/db.sqlite3 or "
+                   "postgresql://USER@HOST/NAME, or unset it (db.sqlite3).")
+        raise DatabaseUnusableError(
+            f"{reason}.", key="DATABASE_URL",
+            fix=f"install that driver, or {example}" if "driver" in reason else example)
+
+
+def check_media_root() -> None:
+    """MEDIA_ROOT, where imported images are copied, is a writable folder (or one that
+    can be made): checked before a theme row is written, so that nothing is left half."""
+    root = os.path.abspath(settings.MEDIA_ROOT)
+    existing = root
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ThemetuneError(f"MEDIA_ROOT {root} is not a folder ({existing} is a file).",
+                             key="MEDIA_ROOT", fix="point MEDIA_ROOT at a folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ThemetuneError(f"MEDIA_ROOT {root} cannot be written ({existing} is read-only).",
+                             key="MEDIA_ROOT",
+                             fix="make the folder writable, or point MEDIA_ROOT elsewhere.")
+
+
 @contextmanager
 def database_errors_as_user_errors() -> Iterator[None]:
     """For code that a user runs directly (commands, launch.py's theme read): an
-    unreachable or unmigrated database is a user error, not a traceback."""
+    unusable DATABASE_URL, an unreachable or unmigrated database is a user error, not a
+    traceback."""
+    check_database_settings()
     try:
         yield
     except ImproperlyConfigured as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from typing import TextIO
 
 from django.db import DatabaseError, IntegrityError, connection, transaction
@@ -146,3 +147,40 @@ class DjangoStudyRecorder:
     def _warn(self, message: str) -> None:
         stream = self._stream if self._stream is not None else sys.stderr
         print(f"themetune: warning: {message}", file=stream, flush=True)
+
+
+def cancel_watch(study_id: int | None, *, interval_s: float = 3.0):
+    """A CancelWatch over the study's row, read every `interval_s` while the study runs:
+    the web UI's cancel stops this driver even when its SIGINT was lost. One that never
+    cancels without a row."""
+    from data_access.services.launches import study_cancel_pending
+    from tuning.recovery.interrupts import CancelWatch, accept_sigint
+
+    if study_id is None:
+        return CancelWatch(None)
+    accept_sigint()
+    return CancelWatch(lambda: _read_closing(study_cancel_pending, study_id),
+                       interval_s=interval_s)
+
+
+def _read_closing(read, study_id: int) -> bool:
+    """The watch's own thread reads too: it must not leave a connection open."""
+    try:
+        return read(study_id=study_id)
+    finally:
+        if threading.current_thread() is not threading.main_thread():
+            connection.close()
+
+
+def mark_interrupted_before_start(study_id: int | None) -> None:
+    """End the row KILLED when the driver stops before recording the study's start (a
+    cancel or Ctrl-C then): nothing else would, the web UI's watchdog aside. An ended
+    row (a command-line resume of a killed study) is left as it is."""
+    if study_id is None:
+        return
+    try:
+        services.study_mark_ended(study_id=study_id, status="killed",
+                                  error="cancelled before the study started")
+    except DatabaseError as exc:
+        print(f"themetune: warning: could not mark study {study_id} killed in database "
+              f"{database_description()}: {exc}", file=sys.stderr, flush=True)

@@ -13,6 +13,7 @@ from django.db.models import Count
 from data_access.db import database_description, database_errors_as_user_errors
 from data_access.models import Theme, ThemeImage, TuningParamConfig, TuningStudy, TuningTrial
 from tuning.errors import ThemeError, ThemetuneError
+from tuning.redact import redact_text
 from tuning.states import ACTIVE_STATUSES
 from tuning.data.theme import Sample, ThemeSpec
 
@@ -29,6 +30,7 @@ __all__ = [
     "study_list",
     "study_list_active",
     "study_list_for_theme",
+    "study_require",
     "theme_find_id",
     "theme_get",
     "theme_get_spec",
@@ -218,7 +220,7 @@ def _study_info(study: TuningStudy) -> StudyInfo:
         best_trial_number=study.best_trial_number,
         registered_model=study.registered_model,
         registered_version=study.registered_version,
-        error=study.error,
+        error=redact_text(study.error),   # shown on pages: driver text may quote a URL
         created_at=study.created_at,
         started_at=study.started_at,
         ended_at=study.ended_at,
@@ -250,6 +252,18 @@ def study_get(*, study_id: int) -> StudyInfo:
     return _study_info(study)
 
 
+def study_require(*, study_id: int) -> None:
+    """The study row that launch.py --record-id fills in exists (checked before the dry
+    run ends, so that the real run cannot fail on it after Ray and MLflow started)."""
+    with database_errors_as_user_errors():
+        found = TuningStudy.objects.filter(pk=study_id).exists()
+    if not found:
+        raise StudyNotFoundError(
+            f"Study {study_id} not found in database {database_description()}.",
+            key="--record-id",
+            fix="launch without --record-id, or create the study in the web UI.")
+
+
 def study_list_for_theme(*, theme_id: int) -> list[StudyInfo]:
     """The theme's studies, newest first."""
     return [_study_info(s) for s in _studies().filter(theme_id=theme_id).order_by("-id")]
@@ -269,7 +283,7 @@ def trial_list(*, study_id: int) -> list[TrialInfo]:
             mlflow_run_id=t.mlflow_run_id,
             ray_trial_id=t.ray_trial_id,
             node=t.node,
-            error=t.error,
+            error=redact_text(t.error),
             started_at=t.started_at,
             ended_at=t.ended_at,
         )

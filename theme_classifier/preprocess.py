@@ -67,18 +67,37 @@ def _fmt(values) -> str:
     return "(" + ", ".join(f"{v:.4f}" for v in values) + ")"
 
 
+class ImageTooLargeError(ValueError):
+    """The image declares more pixels than Image.MAX_IMAGE_PIXELS: likely a decompression
+    bomb. A ValueError, so that every caller's "unreadable image" handling applies."""
+
+
 def decode(source: str | bytes | BinaryIO, *, size: int, channels: int) -> np.ndarray:
     """One encoded image (a path, its bytes or a file object) -> uint8 (C, size, size)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         source = io.BytesIO(bytes(source))
-    with Image.open(source) as im:
+    try:
+        opened = Image.open(source)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(str(exc)) from None
+    with opened as im:
         # JPEG can decode straight at 1/2..1/8 scale: big photos cost a fraction to read.
         im.draft(None, (size, size))
+        _refuse_too_large(im)
         im = ImageOps.exif_transpose(im)
         im = to_mode(im, "L" if channels == 1 else "RGB")
     im = im.resize((size, size), Image.Resampling.BILINEAR)
     arr = np.asarray(im, dtype=np.uint8)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _refuse_too_large(im: Image.Image) -> None:
+    # Between the limit and twice it Pillow only warns, then decodes every pixel: a PNG
+    # of a few KB can declare 10^8 of them. Measured after draft(), at the scale decoded.
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and im.width * im.height > limit:
+        raise ImageTooLargeError(f"{im.width}x{im.height} pixels is over the limit of {limit} "
+                                 "pixels against decompression bombs")
 
 
 def to_mode(im: Image.Image, mode: str) -> Image.Image:

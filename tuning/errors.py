@@ -6,10 +6,61 @@ where there is one, so that the user can fix it without reading a traceback.
 
 from __future__ import annotations
 
+import reprlib
+
 USER_ERROR_EXIT_CODE = 2
+
+# Parts of a one-line error that may carry what the user wrote are capped, so that a
+# huge value (an alias bomb, a pasted file) cannot turn one line into megabytes.
+MAX_MESSAGE_CHARS = 400
+MAX_KEY_CHARS = 200
+MAX_FILE_CHARS = 300
+# The fix is the program's own text, but may list every allowed key.
+MAX_FIX_CHARS = 1000
+# Redaction looks this far past a cut, so that a URL crossing it is masked before the
+# cut could leave the start of its password in view.
+_REDACT_MARGIN = 2000
+
+_VALUE_REPR = reprlib.Repr()
+_VALUE_REPR.maxstring = 120
+_VALUE_REPR.maxlong = 60
+_VALUE_REPR.maxother = 120
+_VALUE_REPR.maxlevel = 3
+_VALUE_REPR.maxlist = _VALUE_REPR.maxtuple = _VALUE_REPR.maxset = 8
+_VALUE_REPR.maxdict = 6
 
 
 STUDY_STOPPED_EXIT_CODE = 1
+
+
+def shorten(text: str, limit: int) -> str:
+    """`text`, cut to `limit` characters with its full length said, when longer."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text)} characters)"
+
+
+def shown_value(value: object) -> str:
+    """A repr of `value` fit for an error message: bounded in size and in work, as the
+    full repr of a huge nested value is never built."""
+    try:
+        shown = shorten(_VALUE_REPR.repr(value), MAX_MESSAGE_CHARS // 2)
+    except Exception:  # an int past Python's digit limit refuses its own repr
+        return f"<{type(value).__name__}>"
+    if isinstance(value, str) and len(value) > _VALUE_REPR.maxstring:
+        shown += f" ({len(value)} characters)"
+    return shown
+
+
+def _shown_part(text: object, limit: int) -> str:
+    """One part of a one-line error: passwords masked, then cut to `limit`."""
+    from tuning.redact import redact_text  # no password of a URL in any message
+    text = str(text)
+    # Only the head is redacted: the masking regex is not linear on megabytes of text.
+    shown = redact_text(text[:limit + _REDACT_MARGIN])
+    if len(text) <= limit + _REDACT_MARGIN and len(shown) <= limit:
+        return shown
+    return f"{shown[:limit]}… ({len(text)} characters)"
 
 
 class Reported(Exception):
@@ -28,12 +79,12 @@ class Reported(Exception):
     def one_line(self) -> str:
         where = []
         if self.file:
-            where.append(str(self.file))
+            where.append(_shown_part(self.file, MAX_FILE_CHARS))
         if self.key:
-            where.append(f"key '{self.key}'")
+            where.append(f"key '{_shown_part(self.key, MAX_KEY_CHARS)}'")
         prefix = f"{': '.join(where)}: " if where else ""
-        suffix = f" Fix: {self.fix}" if self.fix else ""
-        return f"{prefix}{self.message}{suffix}"
+        suffix = f" Fix: {_shown_part(self.fix, MAX_FIX_CHARS)}" if self.fix else ""
+        return f"{prefix}{_shown_part(self.message, MAX_MESSAGE_CHARS)}{suffix}"
 
 
 class ThemetuneError(Reported):

@@ -9,7 +9,6 @@ run and Ray trial ids, so that optuna-dashboard reads a study as MLflow does.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable
 
 import optuna
@@ -21,7 +20,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from tuning.errors import StorageError
 from tuning.numbers import is_finite_number
 from tuning.config.params import epoch_metric_for, is_final_result
-from tuning.storage import absolute_url, journal_path
+from tuning.redact import redact_text
+from tuning.storage import absolute_url, check_storage_url, journal_path
 
 
 # Set on each Optuna trial this searcher asks for: after a driver crash, the RUNNING
@@ -151,33 +151,35 @@ class StudySearch(OptunaSearch):
         return self._ot_study
 
 
-def open_storage(url: str | None) -> optuna.storages.BaseStorage | None:
-    """An Optuna storage for a URL: an RDB URL, or a journal file (`journal:PATH`, *.log)."""
-    if url is None:
+def open_storage(url: str | None, *, create: bool = True
+                 ) -> optuna.storages.BaseStorage | None:
+    """An Optuna storage for a URL: an RDB URL, or a journal file (`journal:PATH`, *.log).
+
+    With create=False (a dry run) a SQLite or journal file that does not exist yet is
+    not made: its folder is checked instead, and None stands for the empty storage."""
+    file = check_storage_url(url)
+    if url is None or (file is not None and not create and not file.exists()):
         return None
-    journal = journal_path(url)
-    if journal is not None:
-        # Absolute: Tune's snapshots pickle the storage, and a resumed driver may run
-        # from another working directory.
-        path = Path(journal).expanduser().resolve()
-        if not path.parent.is_dir():
-            raise StorageError(f"folder of the journal file does not exist: {path.parent}.",
-                               key="--storage", fix="create the folder or use another path.")
+    if journal_path(url) is not None:
         from optuna.storages.journal import JournalFileBackend
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    if "://" not in url:
-        raise StorageError(f"storage {url!r} is neither a database URL nor a journal file.",
-                           key="--storage",
-                           fix="use e.g. sqlite:///optuna.db, postgresql://..., or journal:study.log.")
+        return optuna.storages.JournalStorage(JournalFileBackend(str(file)))
+    # Absolute: Tune's snapshots pickle the storage, and a resumed driver may run from
+    # another working directory.
+    return _rdb_storage(absolute_url(url))
+
+
+def _rdb_storage(url: str) -> optuna.storages.RDBStorage:
+    shown = redact_text(url)
     try:
-        # Absolute for the same reason as the journal path above.
-        return optuna.storages.RDBStorage(absolute_url(url))
+        return optuna.storages.RDBStorage(url)
     except (ImportError, ValueError) as exc:
-        raise StorageError(f"cannot open storage {url!r}: {exc}.", key="--storage",
+        raise StorageError(f"cannot open storage {shown!r}: {redact_text(str(exc))}.",
+                           key="--storage",
                            fix="check the URL and that its database driver is installed.") from None
     except SQLAlchemyError as exc:
-        raise StorageError(f"cannot open storage {url!r}: {type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0]}.", key="--storage",
+        reason = redact_text(str(exc).splitlines()[0]) if str(exc) else ""
+        raise StorageError(f"cannot open storage {shown!r}: {type(exc).__name__}: {reason}.",
+                           key="--storage",
                            fix="check the URL, the server and its credentials.") from None
 
 

@@ -16,13 +16,14 @@ import optuna
 
 from tuning.tracking import mlflow_runs, output
 from tuning import storage
-from tuning.recovery import resume as resume_files
+from tuning.recovery import lease, resume as resume_files
 from tuning.data.augment import AugmentSettings
 from tuning.config import StudyConfig
 from tuning.data import PreparedData, PreprocessSettings, prepare_data
-from tuning.errors import (ConfigError, MetricError, Reported, StudyStoppedError, ThemeError,
-                           ThemetuneError)
-from tuning.recovery.interrupts import StopRequest, StudyInterrupted
+from tuning.errors import (ConfigError, MetricError, Reported, StorageError, StudyStoppedError,
+                           ThemeError, ThemetuneError)
+from tuning.recovery.interrupts import (PHASE_RAY_STARTED, PHASE_STUDY_STARTED, StopRequest,
+                                         StudyInterrupted)
 from tuning.tracking.ledger import StudyLedger
 from tuning.optuna_adapter import StudySearch, check_existing_study, open_storage
 from tuning.config.params import REPORTED_METRICS, TrainingParams
@@ -118,25 +119,31 @@ def _check_batch_sizes(config: StudyConfig, data: PreparedData) -> None:
 
 
 def prepare_study(config: StudyConfig, theme: ThemeSpec, *, study_name: str | None = None,
-                  storage_url: str | None = None, progress=None) -> StudyPlan:
+                  storage_url: str | None = None, progress=None,
+                  dry_run: bool = False) -> StudyPlan:
+    """Every check the run can fail on before Ray or MLflow start. A dry run passes
+    exactly what the run accepts, and creates nothing: a storage file or MLflow store
+    that does not exist yet is only checked to be creatable."""
     _check_theme_fits(config, theme)
+    name = study_name or config.study.name
+    storage.check_study_places(config, study_name=study_name, storage_url=storage_url)
+    # An MLflow server that is down at start is a setup mistake (exit 2 now); one
+    # that goes down mid-study is waited for (mlflow_runs.call).
+    mlflow_runs.check_reachable(mlflow_runs.resolve_tracking_uri(
+        config.infra.mlflow.tracking_uri))
     progress = progress or output.say
     # Before the data: a missing weights file is the quicker mistake to report.
     imagenet_states = load_study_weights(config, progress=progress)
     data = prepare_data(theme, preprocess_settings(config.params),
                         cache_dir=Path(config.infra.cache_dir), progress=progress)
     _check_batch_sizes(config, data)
-    name = study_name or config.study.name
-    # An MLflow server that is down at start is a setup mistake (exit 2 now); one
-    # that goes down mid-study is waited for (mlflow_runs.call).
-    mlflow_runs.check_reachable(mlflow_runs.resolve_tracking_uri(
-        config.infra.mlflow.tracking_uri))
-    storage = open_storage(storage_url)
+    optuna_storage = open_storage(storage_url, create=not dry_run)
     distributions = to_distributions(config.space)
-    stored = check_existing_study(storage, name, direction=config.study.direction,
+    stored = check_existing_study(optuna_storage, name, direction=config.study.direction,
                                   distributions=distributions)
     return StudyPlan(config=config, theme=theme, data=data, study_name=name,
-                     storage_url=storage_url, storage=storage, distributions=distributions,
+                     storage_url=storage_url, storage=optuna_storage,
+                     distributions=distributions,
                      stored_trials=stored, imagenet_states=imagenet_states)
 
 
@@ -161,32 +168,47 @@ def _parent_params(plan: StudyPlan) -> dict[str, Any]:
 
 def run_study(plan: StudyPlan, *, recorder: StudyRecorder | None = None,
               progress: ProgressDisplay | None = None, ray_job_id: str | None = None,
-              trainable=None, resume: resume_files.ResumeInfo | None = None) -> StudyOutcome:
+              trainable=None, resume: resume_files.ResumeInfo | None = None,
+              on_phase=None) -> StudyOutcome:
     """Run the study; `trainable` replaces train_trial (benchmarks time the service
     around a trial of fixed work with it). With `resume`, continue a study whose driver
-    died: its Tune experiment is restored and its MLflow parent run reopened."""
+    died: its Tune experiment is restored and its MLflow parent run reopened.
+    `on_phase(name)` is called once Ray is up and once the study's start is recorded
+    (tuning.recovery.interrupts: a recorded cancel raises KeyboardInterrupt there)."""
+    recorder = recorder or NullRecorder()
+    on_phase = on_phase or (lambda phase: None)
+    _start_ray(plan.config)
+    on_phase(PHASE_RAY_STARTED)
+    # One driver per experiment, taken before the parent run is opened or reopened: a
+    # second driver is refused before it writes anything (tuning.recovery.lease).
+    if resume is not None:
+        experiment_path, held = resume.experiment_path, lease.acquire(resume.experiment_path)
+    else:
+        experiment_path, held = _lease_new_experiment(plan)
+    try:
+        study_runs = _open_parent_run(plan, resume)
+        # The experiment path goes into the study's record at once; the resume hint only
+        # once the experiment exists (saved by _build_tuner).
+        run = _StudyRun(plan=plan, study_runs=study_runs, recorder=recorder, resume=resume,
+                        experiment_path=experiment_path,
+                        resumable=resume.experiment_path if resume else None)
+        return _run_steps(run, ray_job_id=ray_job_id, progress=progress,
+                          trainable=trainable, on_phase=on_phase)
+    finally:
+        held.release()
+
+
+def _run_steps(run: "_StudyRun", *, ray_job_id, progress, trainable, on_phase) -> StudyOutcome:
+    """From the study's recorded start to its end, whatever ends it."""
     from tuning.tracking.models_io import ModelLogger  # torch and MLflow's pyfunc: not for --dry-run
 
-    recorder = recorder or NullRecorder()
-    _start_ray(plan.config)
-    study_runs = _open_parent_run(plan, resume)
-    # The experiment path goes into the study's record at once; the resume hint only
-    # once the experiment exists (saved by _build_tuner).
-    run = _StudyRun(plan=plan, study_runs=study_runs, recorder=recorder, resume=resume,
-                    experiment_path=(resume.experiment_path if resume
-                                     else _new_experiment_path(plan)),
-                    resumable=resume.experiment_path if resume else None)
+    plan = run.plan
     try:
         _record_start(run, ray_job_id)
+        on_phase(PHASE_STUDY_STARTED)
         models = ModelLogger(plan=plan, preprocess=preprocess_settings(plan.config.params))
-        searcher = _searcher(plan, study_runs.parent_run_id)
-        run.callback = _callback(run, searcher, models, progress or ProgressDisplay())
-        tuner = _build_tuner(run, searcher, trainable)
-        output.say(f"Tune experiment {run.experiment_path}; if this driver dies, "
-                   f"continue with: {resume_files.resume_command(run.experiment_path)}")
-        _fit(tuner)
-        run.callback.close_open_trials(reason="study ended before the trial finished")
-        outcome = _finish_study(plan, study_runs, run.callback.ledger, models, recorder)
+        outcome = (_finish_bookkeeping(run, models)
+                   or _tune(run, models, progress=progress, trainable=trainable))
         resume_files.mark_finished(run.experiment_path)
         return outcome
     except KeyboardInterrupt as exc:
@@ -203,6 +225,36 @@ def run_study(plan: StudyPlan, *, recorder: StudyRecorder | None = None,
         reason = exc.one_line() if isinstance(exc, Reported) else repr(exc)
         _end_study(run, status="FAILED", reason=reason, trial_reason="study failed")
         raise
+
+
+def _tune(run: "_StudyRun", models, *, progress, trainable) -> StudyOutcome:
+    """The trials on Ray Tune (new, or the rest of a resumed study), then the end steps."""
+    plan, study_runs = run.plan, run.study_runs
+    searcher = _searcher(plan, study_runs.parent_run_id)
+    run.callback = _callback(run, searcher, models, progress or ProgressDisplay())
+    tuner = _build_tuner(run, searcher, trainable)
+    output.say(f"Tune experiment {run.experiment_path}; if this driver dies, "
+               f"continue with: {resume_files.resume_command(run.experiment_path)}")
+    _fit(tuner)
+    run.callback.close_open_trials(reason="study ended before the trial finished")
+    return _finish_study(plan, study_runs, run.callback.ledger, models, run.recorder)
+
+
+def _finish_bookkeeping(run: "_StudyRun", models) -> StudyOutcome | None:
+    """A resumed study whose trials all ended before its driver died: only the end steps
+    (best params, model, registry), without restoring Tune; None for any other study."""
+    if run.resume is None:
+        return None
+    config = run.plan.config
+    ledger = resume_files.decided_ledger(
+        run.experiment_path, run.study_runs,
+        StudyLedger(metric=config.study.metric, direction=config.study.direction,
+                    n_trials=config.study.n_trials))
+    if ledger is None:
+        return None
+    output.say(f"all {len(ledger.trials)} trials of {run.experiment_path} ended before its "
+               f"driver died: finishing the study's bookkeeping, no trial runs again.")
+    return _finish_study(run.plan, run.study_runs, ledger, models, run.recorder)
 
 
 @dataclass
@@ -251,6 +303,24 @@ def _new_experiment_path(plan: StudyPlan) -> str:
     root = storage.storage_root(plan.config.infra.ray.storage_path)
     name = storage.experiment_folder_name(plan.study_name, f"{dt.datetime.now():%Y%m%d-%H%M%S}")
     return f"{root.rstrip('/')}/{name}"
+
+
+def _lease_new_experiment(plan: StudyPlan) -> tuple[str, lease.StudyLease]:
+    """A new experiment folder and its lease. Launches of one study name may share its
+    Optuna study on purpose, but never a folder: one started in the same second as
+    another gets the next free name."""
+    base = _new_experiment_path(plan)
+    for attempt in range(1, 10):
+        path = base if attempt == 1 else f"{base}-{attempt}"
+        if storage.exists(path):
+            continue
+        try:
+            return path, lease.acquire(path, key="ray.storage_path")
+        except lease.LeaseHeldError:
+            continue  # another launch took this name between our look and our lease
+    raise StorageError(f"no free experiment folder name after {base} (tried 9).",
+                       file=str(plan.config.files.config), key="ray.storage_path",
+                       fix="start the study again in a second.")
 
 
 def _record_start(run: _StudyRun, ray_job_id: str | None) -> None:

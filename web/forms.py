@@ -8,19 +8,24 @@ from __future__ import annotations
 from django import forms
 from django.utils.translation import gettext_lazy as _
 
+from tuning.config.errors import MAX_YAML_BYTES
 from tuning.config.params import REPORTED_METRICS
 
 _NUMBER = {"inputmode": "decimal", "class": "num"}
 _YAML = {"rows": 8, "spellcheck": "false", "class": "yaml"}
+# Longer is no number a study can use; the config models judge the range.
+NUMBER_MAX_CHARS = 40
 
 
 def _number(label, help_text="", required=False):
     return forms.CharField(label=label, help_text=help_text, required=required,
-                           widget=forms.TextInput(attrs=_NUMBER))
+                           max_length=NUMBER_MAX_CHARS, widget=forms.TextInput(attrs=_NUMBER))
 
 
 def _yaml(label, help_text="", rows=8):
+    # The bound of a config file: each text area becomes (part of) one.
     return forms.CharField(label=label, help_text=help_text, required=False,
+                           max_length=MAX_YAML_BYTES,
                            widget=forms.Textarea(attrs={**_YAML, "rows": rows}))
 
 

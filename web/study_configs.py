@@ -136,7 +136,9 @@ def _mapping(field: str, text: str, folder: Path) -> dict[str, Any]:
     try:
         return read_yaml(path)
     except ConfigError as exc:
-        raise FieldError(field, ConfigError(exc.message, fix=exc.fix).one_line()) from None
+        # The scratch file's name means nothing to the user; the key may (a repeated one).
+        raise FieldError(field, ConfigError(exc.message, key=exc.key, fix=exc.fix).one_line()
+                         ) from None
 
 
 def _without_none(data: dict[str, Any]) -> dict[str, Any]:

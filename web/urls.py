@@ -6,6 +6,7 @@ also need a permission (see views/studies.py), and so does trying a theme's mode
 (views/models.py). tests/web walks every route to prove it.
 """
 
+from csp.decorators import csp_update
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
@@ -15,6 +16,10 @@ from django.views.generic import RedirectView
 from django.views.i18n import set_language
 
 from web.views import media, models, plots, studies, themes
+
+# plotly.js writes style attributes and <style> rules while it draws: the plot pages,
+# and only they, allow inline styles (scripts stay 'self' only, see settings).
+plot_page = csp_update({"style-src": ["'unsafe-inline'"]})(plots.plot_page)
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="study_list"), name="home"),
@@ -40,7 +45,7 @@ urlpatterns = [
          name="best_params_download"),
     path("studies/<int:study_id>/apply-best/", studies.best_params_apply,
          name="best_params_apply"),
-    path("studies/<int:study_id>/plots/<slug:kind>/", plots.plot_page, name="study_plot"),
+    path("studies/<int:study_id>/plots/<slug:kind>/", plot_page, name="study_plot"),
     path("studies/<int:study_id>/plots/<slug:kind>.json", plots.plot_data,
          name="study_plot_data"),
     path("admin/", admin.site.urls),

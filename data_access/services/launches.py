@@ -56,10 +56,18 @@ def study_prepare_resume(*, study_id: int, launcher: str) -> bool:
 
 
 def study_request_cancel(*, study_id: int) -> bool:
-    """Note that the user asked to stop the study. False when it already ended."""
-    updated = TuningStudy.objects.filter(pk=study_id, status__in=ACTIVE_STATUSES).update(
-        cancel_requested_at=django_timezone.now())
-    return bool(updated)
+    """Note that the user asked to stop the study. False when it already ended. A second
+    request keeps the first one's time, from which the grace time before escalation runs."""
+    active = TuningStudy.objects.filter(pk=study_id, status__in=ACTIVE_STATUSES)
+    active.filter(cancel_requested_at=None).update(cancel_requested_at=django_timezone.now())
+    return active.exists()
+
+
+def study_cancel_pending(*, study_id: int) -> bool:
+    """Whether the study is still active and its stop was asked for: its driver polls
+    this, so that a cancel whose signal it never got still stops it."""
+    return TuningStudy.objects.filter(pk=study_id, status__in=ACTIVE_STATUSES).exclude(
+        cancel_requested_at=None).exists()
 
 
 def study_mark_ended(*, study_id: int, status: str, error: str = "") -> bool:

@@ -14,7 +14,7 @@ from data_access.selectors import StudyNotFoundError
 from data_access.services._values import aware, finite_or_none, json_safe
 from data_access.services.themes import require_theme
 from tuning.tracking.recording import StudyEnd, StudyStart, TrialEnd, TrialResult, TrialStart
-from tuning.states import StudyStatus, TrialState
+from tuning.states import ACTIVE_STATUSES, StudyStatus, TrialState
 
 
 def study_create(*, theme_id: int, event: StudyStart) -> TuningStudy:
@@ -37,7 +37,9 @@ def study_start_existing(*, study_id: int, event: StudyStart, driver_pid: int | 
 
     The row then follows the driver that records into it: its Ray job, or else (for a
     study the web UI launched) its process, so that the UI watches and stops the right
-    one; a cancel or an end noted for an earlier driver no longer applies."""
+    one; an end noted for an earlier driver no longer applies, nor does a cancel of an
+    ended row. A cancel of the still active row is kept: it was asked of this driver,
+    which then stops (tuning.recovery.interrupts.CancelWatch)."""
     configs = _param_configs(event)
     with transaction.atomic():
         study = TuningStudy.objects.select_for_update().filter(pk=study_id).first()
@@ -55,7 +57,9 @@ def study_start_existing(*, study_id: int, event: StudyStart, driver_pid: int | 
             if study.launcher and driver_pid is not None:
                 fields.update(launcher=TuningStudy.Launcher.LOCAL, process_id=driver_pid,
                               process_start=driver_start)
-        fields.update(cancel_requested_at=None, error="", ended_at=None)
+        if study.status not in ACTIVE_STATUSES:
+            fields["cancel_requested_at"] = None
+        fields.update(error="", ended_at=None)
         for name, value in fields.items():
             setattr(study, name, value)
         study.save()

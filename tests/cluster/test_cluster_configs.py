@@ -1,6 +1,8 @@
 """What cluster/ ships for real clusters, parsed and checked field by field: the Ray
-cluster launcher configs (against the JSON schema Ray ships), the KubeRay manifests, the
-Dockerfile, the job runtime_env, the GPU config.yaml, local.sh and submit.py."""
+cluster launcher configs (against the JSON schema Ray ships), the KubeRay manifests
+(against KubeRay's CRD schema, tests/cluster/kuberay_crd_v1.yaml), the Dockerfile and the
+pinned set it installs (requirements.lock), the job runtime_env, the GPU config.yaml,
+local.sh and submit.py."""
 
 from __future__ import annotations
 
@@ -75,7 +77,8 @@ def test_onprem_config_installs_the_project_on_private_addresses():
     assert f"--node-ip-address={provider['head_ip']}" in commands(config, "head_start_ray_commands")
     assert config["file_mounts"]["~/themetune"] == "."
     setup = commands(config, "setup_commands")
-    assert "pip install -q -e ~/themetune" in setup
+    # The tested versions: requirements.lock as constraints (see test_lock_* below).
+    assert "pip install -q -c ~/themetune/requirements.lock -e ~/themetune" in setup
     assert "/mnt/shared" in setup                      # the NFS share for storage_path
     for excluded in (".venv", "*.db", "mlruns"):
         assert excluded in config["rsync_exclude"]
@@ -85,8 +88,8 @@ def test_aws_config_autoscales_gpu_workers_privately():
     config = load("aws-gpu.yaml")
     provider = config["provider"]
     assert provider["type"] == "aws" and provider["use_internal_ips"] is True
-    for rule in provider["security_group"]["IpPermissions"]:
-        for ip_range in rule["IpRanges"]:
+    for rule in provider.get("security_group", {}).get("IpPermissions", []):
+        for ip_range in rule.get("IpRanges", []):
             assert ipaddress.ip_network(ip_range["CidrIp"]).is_private
     types = config["available_node_types"]
     assert types[config["head_node_type"]]["resources"] == {"CPU": 0}
@@ -99,14 +102,130 @@ def test_aws_config_autoscales_gpu_workers_privately():
     assert config["docker"]["image"].endswith("themetune:latest")
 
 
+def test_aws_config_pins_subnets_and_security_groups_so_ray_opens_nothing(monkeypatch):
+    """Ray's AWS provider creates a security group with SSH open to 0.0.0.0/0 for every
+    node type that names no SecurityGroupIds, and picks default-VPC subnets for one that
+    names no SubnetIds: every node type must name both."""
+    from ray.autoscaler._private.aws import config as aws_config
+
+    # What Ray would add to a group it creates: the claim the config must not rely on.
+    assert any(r["CidrIp"] == "0.0.0.0/0" for rule in
+               aws_config._create_default_ssh_inbound_rules() for r in rule["IpRanges"])
+    config = load("aws-gpu.yaml")
+    for name, node_type in config["available_node_types"].items():
+        node = node_type["node_config"]
+        assert node.get("SubnetIds") and node.get("SecurityGroupIds"), name
+        assert all(isinstance(x, str) and x for x in node["SubnetIds"] + node["SecurityGroupIds"])
+        assert "NetworkInterfaces" not in node           # would replace both
+    # Ray's own step: with every node type pinned it creates no group and adds no rule.
+    def no_aws(*args, **kwargs):
+        raise AssertionError("Ray would create a security group (SSH from 0.0.0.0/0)")
+
+    monkeypatch.setattr(aws_config, "_upsert_security_groups", no_aws)
+    monkeypatch.setattr(aws_config, "_resource", no_aws)
+    prepared = aws_config._configure_security_group(copy.deepcopy(config))
+    assert prepared["available_node_types"] == config["available_node_types"]
+    # No ingress rule in the file admits the internet.
+    assert "0.0.0.0/0" not in yaml.safe_dump(config)
+    # The header tells what is pinned and why, and no longer promises a group Ray makes.
+    header = (CLUSTER / "aws-gpu.yaml").read_text().split("\ncluster_name:")[0]
+    for claim in ("SubnetIds", "SecurityGroupIds", "0.0.0.0/0", "private subnets"):
+        assert claim in header
+    assert "admits nothing from outside the VPC" not in header
+
+
 # --- KubeRay ----------------------------------------------------------------------
+
+CRD = yaml.safe_load((Path(__file__).with_name("kuberay_crd_v1.yaml")).read_text())
+KUBERAY_MANIFESTS = {"RayCluster": "kuberay/raycluster.yaml", "RayJob": "kuberay/rayjob.yaml"}
+
+
+def closed(schema):
+    """The CRD schema with every object that lists `properties` closed to other names
+    (the API server would prune them silently), unless it preserves unknown fields."""
+    if isinstance(schema, list):
+        return [closed(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: closed(v) for k, v in schema.items()}
+    if "properties" in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        out.setdefault("additionalProperties", False)
+    return out
+
+
+def crd_errors(kind: str, doc: dict) -> list[str]:
+    validator = jsonschema.Draft7Validator(closed(CRD["schemas"][kind]["openAPIV3Schema"]))
+    return sorted(f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+                  for e in validator.iter_errors(doc))
+
+
+@pytest.mark.parametrize("kind", sorted(KUBERAY_MANIFESTS))
+def test_kuberay_manifests_match_the_crd_they_name(kind):
+    doc = load_all(KUBERAY_MANIFESTS[kind])[kind]
+    assert doc["apiVersion"] == "ray.io/v1"
+    assert crd_errors(kind, doc) == []
+    # The header names the CRD file and commit it was checked against.
+    source = CRD["schemas"][kind]["source"]
+    repo_path, commit = source.split("@")
+    header = (CLUSTER / KUBERAY_MANIFESTS[kind]).read_text().split("\napiVersion:")[0]
+    assert commit in header and repo_path.split()[-1] in header
+    assert "tests/cluster/kuberay_crd_v1.yaml" in header
+
+
+def test_crd_check_refuses_fields_the_crd_does_not_have():
+    cluster = load_all("kuberay/raycluster.yaml")["RayCluster"]
+    bad = copy.deepcopy(cluster)
+    bad["spec"]["authOptions"]["secretName"] = "themetune-ray-token"   # KubeRay >= 1.6.0
+    assert any("secretName" in e for e in crd_errors("RayCluster", bad))
+    bad = copy.deepcopy(cluster)
+    bad["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resource"] = {}
+    assert any("resource" in e for e in crd_errors("RayCluster", bad))
+    bad = copy.deepcopy(cluster)
+    bad["spec"]["authOptions"]["mode"] = "password"
+    assert crd_errors("RayCluster", bad)
+    bad = copy.deepcopy(cluster)
+    del bad["spec"]["workerGroupSpecs"][0]["maxReplicas"]
+    assert crd_errors("RayCluster", bad)
+    job = load_all("kuberay/rayjob.yaml")["RayJob"]
+    bad = copy.deepcopy(job)
+    bad["spec"]["runtimeEnv"] = "{}"
+    assert crd_errors("RayJob", bad)
+
+
+def test_kuberay_network_policy_admits_the_operator_from_its_namespace():
+    docs = load_all("kuberay/raycluster.yaml")
+    cluster_label = {"ray.io/cluster": docs["RayCluster"]["metadata"]["name"]}
+    policy = docs["NetworkPolicy"]["spec"]
+    assert policy["policyTypes"] == ["Ingress"] and policy["podSelector"]["matchLabels"] == cluster_label
+    peers = [peer for rule in policy["ingress"] for peer in rule["from"]]
+    assert all(rule.get("from") and "ports" not in rule for rule in policy["ingress"])
+    # No ipBlock and no namespace admitted as a whole: every peer selects pods.
+    assert all(set(peer) <= {"podSelector", "namespaceSelector"} and "podSelector" in peer
+               for peer in peers)
+    # This cluster's pods: a podSelector alone means the policy's own namespace.
+    assert {"podSelector": {"matchLabels": cluster_label}} in peers
+    # The operator: pod label AND namespace, in one peer (two peers would be an OR).
+    operator = [p for p in peers if p["podSelector"].get("matchLabels") ==
+                {"app.kubernetes.io/name": "kuberay-operator"}]
+    assert len(operator) == 1
+    namespace = operator[0].get("namespaceSelector", {}).get("matchLabels", {})
+    assert set(namespace) == {"kubernetes.io/metadata.name"} and namespace[
+        "kubernetes.io/metadata.name"]
+    # Every other peer is this cluster's own pods.
+    assert all(p in operator or p == {"podSelector": {"matchLabels": cluster_label}}
+               for p in peers)
+
+
 
 def test_kuberay_raycluster():
     docs = load_all("kuberay/raycluster.yaml")
     cluster = docs["RayCluster"]
     assert cluster["apiVersion"] == "ray.io/v1"
     spec = cluster["spec"]
-    assert spec["authOptions"]["mode"] == "token" and spec["authOptions"]["secretName"]
+    # The operator makes the token (a Secret named after the cluster); authOptions.secretName
+    # is KubeRay >= 1.6.0 only, and the manifest promises >= 1.5.1.
+    assert spec["authOptions"] == {"mode": "token"}
+    assert "KubeRay >= 1.5.1" in (CLUSTER / "kuberay/raycluster.yaml").read_text()
     assert tuple(map(int, spec["rayVersion"].split(".")[:2])) >= (2, 52)
     head = spec["headGroupSpec"]
     assert head["rayStartParams"]["num-cpus"] == "0"
@@ -183,7 +302,10 @@ def test_dockerfile_builds_a_node_image_with_the_project():
     known = {"FROM", "RUN", "COPY", "WORKDIR", "ENV", "ARG", "USER", "ENTRYPOINT", "CMD"}
     assert set(ops) <= known, set(ops) - known
     runs = " ".join(args for op, args in steps if op == "RUN")
-    assert "pip install --no-cache-dir ${TORCH_SPEC}" in runs and "pip install --no-cache-dir ." in runs
+    assert "pip install --no-cache-dir ${TORCH_SPEC}" in runs
+    # Every other dependency at the version the tests ran with.
+    assert "pip install --no-cache-dir -c requirements.lock ." in runs and "pip check" in runs
+    assert runs.index("${TORCH_SPEC}") < runs.index("-c requirements.lock")
     for needed in ("rsync", "openssh-client", "procps", "tini"):
         assert needed in runs
     copies = [args.split() for op, args in steps if op == "COPY"]
@@ -191,7 +313,8 @@ def test_dockerfile_builds_a_node_image_with_the_project():
         for source in sources:
             assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
     copied = {s for *sources, _ in copies for s in sources}
-    assert {"pyproject.toml", "launch.py", "tuning", "data_access", "web", "configs"} <= copied
+    assert {"pyproject.toml", "requirements.lock", "launch.py", "tuning", "data_access", "web",
+            "configs"} <= copied
     assert not any("auth_token" in s for s in copied)          # no token in the image
     # Dependencies are installed before the code is copied (layer caching).
     first_code = next(i for i, (op, a) in enumerate(steps) if op == "COPY" and "tuning" in a)
@@ -207,6 +330,93 @@ def test_dockerfile_builds_a_node_image_with_the_project():
     arg = next(a for op, a in steps if op == "ARG" and a.startswith("TORCH_SPEC"))
     make_spec = re.search(r"^TORCH_SPEC \?= (.+)$", (ROOT / "Makefile").read_text(), re.M)
     assert make_spec and make_spec.group(1) in arg      # the same torch as `make install`
+
+
+# --- requirements.lock: the one pinned set for the tests, the image and the nodes ----
+
+LOCK = ROOT / "requirements.lock"
+# TORCH_SPEC installs these (the build is the machine's choice); pip, setuptools: the venv's.
+UNPINNED = re.compile(r"^(torch|torchvision|triton|nvidia-.+|themetune|pip|setuptools|wheel)$")
+
+
+def canonical(name: str) -> str:
+    from packaging.utils import canonicalize_name
+
+    return canonicalize_name(name)
+
+
+def lock_pins() -> dict[str, str]:
+    pins = {}
+    for line in LOCK.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep and name and version and " " not in line, f"not name==version: {line}"
+            assert canonical(name) not in pins, f"pinned twice: {name}"
+            pins[canonical(name)] = version
+    return pins
+
+
+def pyproject_requirements():
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return [Requirement(r) for r in
+            project["dependencies"] + project["optional-dependencies"]["test"]]
+
+
+def test_lock_pins_every_dependency_named_in_pyproject():
+    pins = lock_pins()
+    assert not [n for n in pins if UNPINNED.match(n)], "torch & co. come from TORCH_SPEC"
+    missing, outside = [], []
+    for req in pyproject_requirements():
+        name = canonical(req.name)
+        if UNPINNED.match(name):
+            continue
+        if name not in pins:
+            missing.append(req.name)
+        elif not req.specifier.contains(pins[name], prereleases=True):
+            outside.append(f"{req} (lock: {pins[name]})")
+    assert not missing, f"not in requirements.lock (run cluster/lock.sh): {missing}"
+    assert not outside, f"lock outside pyproject's range (run cluster/lock.sh): {outside}"
+
+
+def test_venv_runs_the_locked_versions():
+    """The tests run with what the image ships: every installed distribution is pinned
+    in the lock at the installed version (a fresh `make install` installs a subset)."""
+    import importlib.metadata as md
+    import sysconfig
+
+    pins = lock_pins()
+    # The environment's own site-packages (Ray puts its vendored thirdparty_files on
+    # sys.path, which are not distributions pip installed).
+    site = list({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    installed = {canonical(d.metadata["Name"]): d.version for d in md.distributions(path=site)}
+    differs = {n: (v, pins.get(n)) for n, v in installed.items()
+               if not UNPINNED.match(n) and pins.get(n) != v}
+    assert not differs, f"installed vs requirements.lock (run cluster/lock.sh): {differs}"
+    for req in pyproject_requirements():
+        assert canonical(req.name) in installed, req.name
+
+
+def test_one_ray_version_everywhere():
+    import ray
+
+    cluster = load_all("kuberay/raycluster.yaml")["RayCluster"]
+    assert cluster["spec"]["rayVersion"] == lock_pins()["ray"] == ray.__version__
+
+
+def test_make_install_and_lock_script_use_the_lock():
+    make = (ROOT / "Makefile").read_text()
+    stamp = re.search(r"^\$\(STAMP\): (.*)\n((?:\t.*\n)+)", make, re.M)
+    assert stamp and "requirements.lock" in stamp.group(1).split()   # a new lock reinstalls
+    recipe = stamp.group(2)
+    assert '-m pip install -q -c requirements.lock -e ".[test]"' in recipe
+    assert recipe.index("$(TORCH_SPEC)") < recipe.index("requirements.lock")
+    subprocess.run(["bash", "-n", str(CLUSTER / "lock.sh")], check=True)
+    assert "pip freeze --exclude-editable" in (CLUSTER / "lock.sh").read_text()
 
 
 # --- the job's runtime_env and the GPU config ---------------------------------------

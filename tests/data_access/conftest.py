@@ -42,7 +42,7 @@ def _make_image(path: Path, *, mode: str = "RGB", size: tuple[int, int] = (6, 5)
                 fmt: str | None = None) -> Path:
     """A small real image; the pixel values differ per file so no two are equal."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    seed = sum(path.as_posix().encode()) % 200
+    seed = sum(os.fsencode(path)) % 200
     color = {"L": seed, "RGB": (seed, 10, 20), "RGBA": (seed, 10, 20, 128),
              "CMYK": (seed, 1, 2, 3), "P": seed}[mode]
     Image.new(mode, size, color).save(path, format=fmt)

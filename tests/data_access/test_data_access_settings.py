@@ -20,18 +20,22 @@ def _settings(env: dict[str, str]) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60)
 
 
-def test_defaults_are_a_development_setup_at_the_repo_root():
+def test_defaults_are_a_production_setup_at_the_repo_root():
     import json
 
+    # No DJANGO_SECRET_KEY: the command line still runs (with a random key).
     result = _settings({})
     assert result.returncode == 0, result.stderr
     values = json.loads(result.stdout)
-    assert values == {"debug": True, "hosts": ["127.0.0.1", "localhost"],
+    assert values == {"debug": False, "hosts": ["127.0.0.1", "localhost"],
                       "media": str(ROOT / "media"), "db": str(ROOT / "db.sqlite3")}
 
 
-def test_production_without_a_secret_key_is_refused():
-    result = _settings({"DJANGO_DEBUG": "false"})
+def test_serving_without_a_secret_key_is_refused():
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
+    result = subprocess.run([sys.executable, "-c", "import web.wsgi"], cwd=ROOT,
+                            env={**clean, "DJANGO_DEBUG": "false"}, capture_output=True,
+                            text=True, timeout=60)
     assert result.returncode != 0
     assert "DJANGO_SECRET_KEY must be set" in result.stderr
 

@@ -69,6 +69,13 @@ def trials_done(line: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def trial_folder_files(experiment: Path) -> set[str]:
+    """Every file in the trial folders of a Tune experiment: a trial that Tune starts
+    again adds one (an event file at least)."""
+    return {str(p.relative_to(experiment)) for p in experiment.glob("*/**/*")
+            if p.is_file() and p.relative_to(experiment).parts[0] != "themetune_configs"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -216,6 +216,24 @@ BAD_CASES = [
     ("flip probability", AUG, lambda d: d.update({"horizontal_flip": 2}), AUG,
      "horizontal_flip", "less than or equal to 1"),
     ("unknown augment", AUG, lambda d: d.update({"mixup": 0.2}), AUG, "mixup", "unknown key"),
+    # Past 64 bits SQLite overflows; past the bounds of params.py a count is a typo.
+    ("n_trials past 64 bits", OPTUNA, lambda d: d["study"].update({"n_trials": 2**70}), OPTUNA,
+     "study.n_trials", "less than or equal to 100000"),
+    ("timeout nan", OPTUNA, lambda d: d["study"].update({"timeout": math.nan}), OPTUNA,
+     "study.timeout", "finite number"),
+    ("learning rate inf", PARAMS, lambda d: d.update({"training": {"learning_rate": math.inf}}),
+     PARAMS, "training.learning_rate", "finite number"),
+    ("batch size past 64 bits", PARAMS, lambda d: d.update({"training": {"batch_size": 2**64}}),
+     PARAMS, "training.batch_size", "less than or equal to 65536"),
+    ("seed numpy cannot take", PARAMS, lambda d: d["data"].update({"seed": 2**40}), PARAMS,
+     "data.seed", "less than or equal to 4294967295"),
+    ("max_concurrent_trials huge", INFRA, lambda d: d.update({"max_concurrent_trials": 2**70}),
+     INFRA, "max_concurrent_trials", "less than or equal to 1000"),
+    ("cpu inf", INFRA, lambda d: d["resources"].update({"cpu": math.inf}), INFRA,
+     "resources.cpu", "finite number"),
+    ("int range past 64 bits", OPTUNA, lambda d: d["params_to_tune"].update(
+        {"training.num_epochs": {"type": "int", "low": 1, "high": 2**70}}), OPTUNA,
+     "params_to_tune.training.num_epochs.high", "less than or equal to"),
 ]
 
 
@@ -263,6 +281,10 @@ def test_missing_theme_id(config_dir):
                                           ({"timeout": -1.0}, "--timeout"),
                                           ({"timeout": math.inf}, "--timeout"),
                                           ({"max_concurrent_trials": 0},
+                                           "--max-concurrent-trials"),
+                                          ({"n_trials": 2**70}, "--n-trials"),
+                                          ({"timeout": 1e12}, "--timeout"),
+                                          ({"max_concurrent_trials": 2**70},
                                            "--max-concurrent-trials")])
 def test_bad_cli_values(config_dir, kwargs, flag):
     with pytest.raises(ConfigError, match=flag):

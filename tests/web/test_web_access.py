@@ -132,12 +132,23 @@ def test_image_urls_take_ids_not_paths(client, viewer, theme):
     assert client.get(reverse("theme_image", args=[theme.id, image.id])).status_code == 404
 
 
-def test_check_deploy_has_no_warnings():
+def check_deploy(**env_vars) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
-    env.update(DJANGO_DEBUG="false", DJANGO_SECRET_KEY=secrets.token_urlsafe(64),
-               DJANGO_ALLOWED_HOSTS="example.org", DJANGO_SETTINGS_MODULE="web.settings")
-    result = subprocess.run([sys.executable, "manage.py", "check", "--deploy",
-                             "--fail-level", "WARNING"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=120)
+    env.update(DJANGO_SETTINGS_MODULE="web.settings", **env_vars)
+    return subprocess.run([sys.executable, "manage.py", "check", "--deploy",
+                           "--fail-level", "WARNING"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_check_deploy_has_no_warnings():
+    # The README's production settings; DJANGO_DEBUG unset means production.
+    result = check_deploy(DJANGO_SECRET_KEY=secrets.token_urlsafe(64),
+                          DJANGO_ALLOWED_HOSTS="example.org")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "System check identified no issues (0 silenced)." in result.stdout
+
+
+def test_check_deploy_refuses_a_missing_secret_key():
+    result = check_deploy(DJANGO_DEBUG="false", DJANGO_ALLOWED_HOSTS="example.org")
+    assert result.returncode != 0
+    assert "(themetune.E001) DJANGO_SECRET_KEY is not set" in result.stdout + result.stderr

@@ -45,7 +45,11 @@ def browser_page(live_server, monkeypatch):
                                       accept_downloads=True, locale="en-US")
         page = context.new_page()
         page.js_errors = []
+        page.csp_violations = []
         page.on("console", lambda m: m.type == "error" and page.js_errors.append(m.text))
+        # Chromium reports each blocked inline script, style or load on the console.
+        page.on("console", lambda m: "Content Security Policy" in m.text
+                and page.csp_violations.append(f"{page.url}: {m.text}"))
         page.on("pageerror", lambda e: page.js_errors.append(str(e)))
         page.on("dialog", lambda dialog: dialog.accept())
         yield page
@@ -90,6 +94,15 @@ def wait_status(page, wanted: str, timeout: float = STUDY_TIMEOUT_MS) -> None:
     pytest.fail(f"the study is {status}, not {wanted}: {error}")
 
 
+def wait_until_true(page, expression: str, timeout_s: float = 30) -> None:
+    """page.wait_for_function, which evals its predicate in the page: the site's CSP
+    (no 'unsafe-eval') forbids that; page.evaluate goes through DevTools instead."""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"still false after {timeout_s} s: {expression}"
+        time.sleep(0.2)   # polling interval
+
+
 def study_id_of(page) -> int:
     return int(page.url.rstrip("/").split("/")[-1])
 
@@ -114,8 +127,8 @@ def test_a_user_tunes_a_theme_in_the_browser(browser_page, live_server, tuner, t
     page.click(f"text={theme.name}")
     page.wait_for_selector(".thumbs img")
     page.mouse.wheel(0, 5000)   # thumbnails load lazily, as they scroll into view
-    page.wait_for_function("[...document.querySelectorAll('.thumbs img')]"
-                           ".every(i => i.complete && i.naturalWidth > 0)")
+    wait_until_true(page, "[...document.querySelectorAll('.thumbs img')]"
+                          ".every(i => i.complete && i.naturalWidth > 0)")
     assert page.locator(".thumbs img").count() == 4 * 8
     shot(page, "04-theme")
 
@@ -213,3 +226,38 @@ def test_a_user_tunes_a_theme_in_the_browser(browser_page, live_server, tuner, t
     assert "試行" in page.text_content("main")
     shot(page, "14-study-ja")
     assert page.js_errors == []
+    assert page.csp_violations == [], page.csp_violations
+
+
+def test_pages_and_admin_break_no_content_security_policy(browser_page, live_server,
+                                                          django_user_model, theme,
+                                                          make_study):
+    """Every kind of page, the plots and Django's admin, under the site's CSP (which
+    allows no inline script): the browser blocks nothing."""
+    page = browser_page
+    url = live_server.url
+    root = django_user_model.objects.create_superuser("root", password=PASSWORD)
+    study = make_study(theme)
+
+    def visit(path: str):
+        response = page.goto(url + path)
+        assert "script-src 'self'" in response.headers["content-security-policy"], path
+        page.wait_for_load_state("load")
+
+    visit("/admin/login/")
+    visit("/login/")
+    page.fill("#id_username", root.username)
+    page.fill("#id_password", PASSWORD)
+    page.click("#login")
+    page.wait_for_url(url + "/studies/")
+    for path in (f"/studies/{study}/", "/themes/", f"/themes/{theme.id}/", "/studies/new/",
+                 "/admin/", f"/admin/data_access/tuningstudy/{study}/change/",
+                 f"/admin/data_access/theme/{theme.id}/change/"):
+        visit(path)
+        if path == f"/studies/{study}/":
+            # The progress bar's width comes from app.js, not a style="" attribute.
+            assert page.eval_on_selector("#progress .fill", "el => el.style.width") == "100%"
+    for slug in PLOTS:
+        visit(f"/studies/{study}/plots/{slug}/")
+        page.wait_for_selector("#plot .plot-container .main-svg", timeout=30_000)
+    assert page.csp_violations == [], page.csp_violations

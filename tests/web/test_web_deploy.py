@@ -57,7 +57,7 @@ def test_web_setup_creates_the_tuners_group_and_can_run_again(monkeypatch, djang
     # A member of the group may open the launch form; the same user outside it may not.
     user = django_user_model.objects.create_user("member", password=PASSWORD)
     client = Client()
-    client.login(username="member", password=PASSWORD)
+    client.force_login(user)
     assert client.get(reverse("study_new")).status_code == 403
     user.groups.add(group)
     user = django_user_model.objects.get(pk=user.pk)   # fresh permission cache
@@ -137,6 +137,7 @@ def test_collectstatic_then_gunicorn_serves_pages_and_whitenoise_static_files(pr
                 time.sleep(0.5)   # polling interval while gunicorn starts
         assert status == 200, body[:2000]
         assert headers["Content-Type"].startswith("text/html")
+        assert "script-src 'self'" in headers["Content-Security-Policy"]
         page = body.decode()
         assert 'name="password"' in page
         # The page links the hashed stylesheet that collectstatic wrote.
@@ -163,3 +164,19 @@ def test_collectstatic_then_gunicorn_serves_pages_and_whitenoise_static_files(pr
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
         log.close()
+
+
+def test_gunicorn_refuses_to_serve_without_a_secret_key():
+    """The command line runs with a random per-process key; serving must not."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
+    env.update(DJANGO_SETTINGS_MODULE="web.settings", PYTHONPATH=str(ROOT))
+    gunicorn = Path(sys.executable).parent / "gunicorn"
+    result = subprocess.run([str(gunicorn), "web.wsgi", "--bind", f"127.0.0.1:{free_port()}",
+                             "--workers", "1"], env=env, cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode != 0
+    refusals = [line for line in result.stderr.splitlines() if "DJANGO_SECRET_KEY" in line]
+    assert refusals == ["web/wsgi.py: DJANGO_SECRET_KEY must be set to serve the web UI "
+                        "with DJANGO_DEBUG off. Fix: export DJANGO_SECRET_KEY=<a long "
+                        "random string>, or DJANGO_DEBUG=true for development."], result.stderr
+    assert "Traceback" not in result.stderr

@@ -58,7 +58,8 @@ def cli_error(values, theme_id, tmp_path) -> str:
      "optuna_params.yaml: key 'params_to_tune.training.learning_rate': `low` must be <= `high`"),
     ("n_trials", lambda v: v.update(n_trials="0"),
      "optuna_params.yaml: key 'study.n_trials': Input should be greater than or equal to 1"),
-    ("base_params", lambda v: v.update(base_params=v["base_params"] + "training:\n  epochs: 3\n"),
+    ("base_params", lambda v: v.update(base_params=v["base_params"].replace(
+        "\ntraining:\n", "\ntraining:\n  epochs: 3\n", 1)),
      "optuna_params.yaml: key 'base_params.training.epochs': unknown key."),
     ("params", lambda v: v.update(params="data:\n  image_size: 4\n"),
      "params.yaml: key 'data.image_size': Input should be greater than or equal to 8"),
@@ -113,3 +114,62 @@ def test_valid_form_writes_the_files_launch_py_reads(client, tuner, theme, form_
     assert config.infra.max_concurrent_trials == 1
     assert yaml.safe_load((folder / "configs" / "params.yaml").read_text()) == \
         yaml.safe_load(form_values["params"])
+
+
+# ------------------------------------------------- hostile input: a form error, never a 500
+
+# 9**6 values once expanded from 250 bytes: a 4 MB page when the form echoed its value.
+ALIAS_BOMB = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{new}: &{new} [{', '.join([f'*{old}'] * 9)}]\n" for old, new in zip("abcde", "bcdef"))
+
+
+@pytest.fixture
+def no_start(monkeypatch):
+    """Had the form accepted the input, no study process may start from a test."""
+    started = []
+    monkeypatch.setattr("web.launch.start._start_local",
+                        lambda study_id, folder, args, **_: started.append(study_id))
+    return started
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("n_trials", str(2**70), "optuna_params.yaml: key 'study.n_trials': Input should be less"),
+    ("timeout", "1e999", "optuna_params.yaml: key 'study.timeout': Input should be a finite"),
+    ("max_concurrent_trials", str(2**70),
+     "config.yaml: key 'max_concurrent_trials': Input should be less"),
+    ("grace_period", str(2**64), "config.yaml: key 'scheduler.grace_period': Input should be less"),
+    ("n_trials", "9" * 5000, "Ensure this value has at most 40 characters"),
+])
+def test_out_of_range_numbers_are_form_errors(client, tuner, form_values, no_start,
+                                              field, value, expected):
+    form_values[field] = value
+    response = post(client, tuner, form_values)
+    assert response.status_code == 200
+    assert field_error(response, field).startswith(expected)
+    assert not TuningStudy.objects.exists() and not no_start
+
+
+@pytest.mark.parametrize("field, text, expected", [
+    ("base_params", "a: " + "[" * 10_000 + "]" * 10_000 + "\n", "nesting deeper than 50 levels"),
+    ("space", ALIAS_BOMB, "expands to more than 10000 values"),
+    ("params", "data:\n  seed: 1\n  seed: 2\n",
+     "key 'seed': the same key appears twice in one mapping (lines 2 and 3)"),
+])
+def test_hostile_yaml_is_a_short_form_error(client, tuner, form_values, no_start,
+                                            field, text, expected):
+    form_values[field] = text
+    response = post(client, tuner, form_values)
+    assert response.status_code == 200
+    shown = field_error(response, field)
+    assert expected in shown and len(shown) < 600, shown
+    # The page echoes the field as typed, and nothing expanded from it.
+    assert len(response.content) < 200_000 + 2 * len(text)
+    assert not TuningStudy.objects.exists() and not no_start
+
+
+def test_new_study_page_with_an_absurd_theme_id_still_shows(client, tuner, theme):
+    client.force_login(tuner)
+    # More digits than Python's int() converts: a 500 when the view parsed it.
+    response = client.get(reverse("study_new"), {"theme": "9" * 5000})
+    assert response.status_code == 200
+    assert not TuningStudy.objects.exists()

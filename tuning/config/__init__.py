@@ -15,20 +15,21 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from tuning.config.errors import config_error_from_validation, printable, read_yaml
-from tuning.errors import ConfigError
+from tuning.errors import ConfigError, shown_value
 from tuning.config.infra import AugmentsConfig, InfraConfig
-from tuning.config.params import (REPORTED_METRICS, Strict, TrainingParams, deep_merge, has_dotted,
-                           known_param_paths, params_with_sample)
+from tuning.config.params import (MAX_CONCURRENT_TRIALS, MAX_SEED, MAX_TIMEOUT_SECONDS,
+                                  MAX_TRIALS, REPORTED_METRICS, Strict, TrainingParams,
+                                  deep_merge, has_dotted, known_param_paths, params_with_sample)
 from tuning.config.search_space import ParamSpec, parse_param
 
 
 class StudySection(Strict):
-    name: str = Field(default="classification_study", min_length=1)
+    name: str = Field(default="classification_study", min_length=1, max_length=200)
     direction: Literal["maximize", "minimize"] = "maximize"
     metric: str = "test_acc"
-    n_trials: int = Field(default=10, ge=1)
-    timeout: float | None = Field(default=None, gt=0)
-    seed: int | None = None  # TPE's seed; data.seed when unset
+    n_trials: int = Field(default=10, ge=1, le=MAX_TRIALS)
+    timeout: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_SECONDS)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)  # TPE's; data.seed when unset
 
     @field_validator("metric")
     @classmethod
@@ -142,9 +143,39 @@ def _check_space_against_params(space: dict[str, ParamSpec], base: dict[str, Any
             except ValidationError as exc:
                 err = exc.errors(include_url=False)[0]
                 msg = err.get("msg", "invalid").removeprefix("Value error, ")
-                raise ConfigError(f"value {value!r} is not valid for {name}: {msg}.", file=file,
+                raise ConfigError(f"value {shown_value(value)} is not valid for {name}: {msg}.",
+                                  file=file,
                                   key=f"params_to_tune.{name}.{attr}",
                                   fix="use only values the parameter accepts.") from None
+
+
+def _study_with_overrides(study: StudySection, overrides: Overrides) -> StudySection:
+    # The files' own values went through StudySection; the flags are held to its bounds.
+    if overrides.n_trials is not None:
+        if not 1 <= overrides.n_trials <= MAX_TRIALS:
+            raise ConfigError(f"--n-trials must be between 1 and {MAX_TRIALS} "
+                              f"(got {shown_value(overrides.n_trials)}).",
+                              fix="pass a positive number of trials.")
+        study = study.model_copy(update={"n_trials": overrides.n_trials})
+    if overrides.timeout is not None:
+        timeout = overrides.timeout
+        if not (math.isfinite(timeout) and 0 < timeout <= MAX_TIMEOUT_SECONDS):
+            raise ConfigError(f"--timeout must be > 0 and <= {MAX_TIMEOUT_SECONDS} seconds "
+                              f"(got {shown_value(timeout)}).",
+                              fix="pass a positive number of seconds, or leave it out.")
+        study = study.model_copy(update={"timeout": timeout})
+    return study
+
+
+def _infra_with_overrides(infra: InfraConfig, overrides: Overrides) -> InfraConfig:
+    concurrent = overrides.max_concurrent_trials
+    if concurrent is None:
+        return infra
+    if not 1 <= concurrent <= MAX_CONCURRENT_TRIALS:
+        raise ConfigError(f"--max-concurrent-trials must be between 1 and "
+                          f"{MAX_CONCURRENT_TRIALS} (got {shown_value(concurrent)}).",
+                          fix="pass a positive number.")
+    return infra.model_copy(update={"max_concurrent_trials": concurrent})
 
 
 def load_study_config(files: ConfigFiles, overrides: Overrides = Overrides()) -> StudyConfig:
@@ -155,17 +186,7 @@ def load_study_config(files: ConfigFiles, overrides: Overrides = Overrides()) ->
 
     optuna_file: OptunaParamsFile = _validate(OptunaParamsFile, raw_optuna,
                                               file=str(files.optuna_params))
-    study = optuna_file.study
-    if overrides.n_trials is not None:
-        if overrides.n_trials < 1:
-            raise ConfigError(f"--n-trials must be >= 1 (got {overrides.n_trials}).",
-                              fix="pass a positive number of trials.")
-        study = study.model_copy(update={"n_trials": overrides.n_trials})
-    if overrides.timeout is not None:
-        if not (overrides.timeout > 0 and math.isfinite(overrides.timeout)):
-            raise ConfigError(f"--timeout must be > 0 seconds (got {overrides.timeout}).",
-                              fix="pass a positive number of seconds, or leave it out.")
-        study = study.model_copy(update={"timeout": overrides.timeout})
+    study = _study_with_overrides(optuna_file.study, overrides)
 
     space = {name: parse_param(str(name), spec, file=str(files.optuna_params))
              for name, spec in optuna_file.params_to_tune.items()}
@@ -181,13 +202,8 @@ def load_study_config(files: ConfigFiles, overrides: Overrides = Overrides()) ->
     params = _validate_params(optuna_file.base_params, params_yaml, files=files)
     _check_space_against_params(space, base, file=str(files.optuna_params))
 
-    infra: InfraConfig = _validate(InfraConfig, raw_infra, file=str(files.config))
-    if overrides.max_concurrent_trials is not None:
-        if overrides.max_concurrent_trials < 1:
-            raise ConfigError(
-                f"--max-concurrent-trials must be >= 1 (got {overrides.max_concurrent_trials}).",
-                fix="pass a positive number.")
-        infra = infra.model_copy(update={"max_concurrent_trials": overrides.max_concurrent_trials})
+    infra = _infra_with_overrides(_validate(InfraConfig, raw_infra, file=str(files.config)),
+                                  overrides)
     augments: AugmentsConfig = _validate(AugmentsConfig, raw_augments, file=str(files.augments))
 
     if params.data.theme_id is None:

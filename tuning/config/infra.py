@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from tuning.config.params import Strict
+from tuning.config.params import (MAX_CONCURRENT_TRIALS, MAX_COUNT, MAX_CPUS, MAX_EPOCHS,
+                                  MAX_GPUS, MAX_MEMORY_GB, Strict)
 
 
 class MlflowSection(Strict):
@@ -19,18 +20,18 @@ class MlflowSection(Strict):
 
 class RaySection(Strict):
     address: str | None = None          # None: start a local cluster; "auto" or ray://...
-    num_cpus: int | None = Field(default=None, ge=1)   # local cluster only
-    num_gpus: int | None = Field(default=None, ge=0)   # local cluster only
+    num_cpus: int | None = Field(default=None, ge=1, le=MAX_CPUS)   # local cluster only
+    num_gpus: int | None = Field(default=None, ge=0, le=MAX_GPUS)   # local cluster only
     dashboard_host: str = "127.0.0.1"
     storage_path: str = "ray_results"   # every node must reach it on a multi-node cluster
 
 
 class ResourcesSection(Strict):
-    cpu: float = Field(default=1, gt=0)
-    gpu: float = Field(default=0, ge=0)
+    cpu: float = Field(default=1, gt=0, le=MAX_CPUS)
+    gpu: float = Field(default=0, ge=0, le=MAX_GPUS)
     # Host memory a trial may add to what its worker holds at start (tuning/trial/memory_cap.py);
     # also reserved in Ray's scheduler. None: no cap, no reservation.
-    memory_gb: float | None = Field(default=None, gt=0)
+    memory_gb: float | None = Field(default=None, gt=0, le=MAX_MEMORY_GB)
 
     @model_validator(mode="after")
     def _fractional_gpu(self) -> "ResourcesSection":
@@ -45,23 +46,23 @@ class SchedulerSection(Strict):
     # test_*) is only reported once, after the last epoch.
     metric: Literal["valid_acc", "valid_loss", "train_loss", "train_acc"] = "valid_acc"
     mode: Literal["max", "min"] = "max"
-    grace_period: int = Field(default=1, ge=1)
-    reduction_factor: float = Field(default=2, gt=1)
+    grace_period: int = Field(default=1, ge=1, le=MAX_EPOCHS)
+    reduction_factor: float = Field(default=2, gt=1, le=MAX_COUNT)
 
 
 class CheckpointSection(Strict):
-    num_to_keep: int = Field(default=1, ge=1)
+    num_to_keep: int = Field(default=1, ge=1, le=MAX_COUNT)
 
 
 class FailureSection(Strict):
-    max_failures: int = Field(default=0, ge=-1)
+    max_failures: int = Field(default=0, ge=-1, le=MAX_COUNT)
 
 
 class InfraConfig(Strict):
     mlflow: MlflowSection = MlflowSection()
     ray: RaySection = RaySection()
     resources: ResourcesSection = ResourcesSection()
-    max_concurrent_trials: int = Field(default=2, ge=1)
+    max_concurrent_trials: int = Field(default=2, ge=1, le=MAX_CONCURRENT_TRIALS)
     scheduler: SchedulerSection = SchedulerSection()
     checkpoint: CheckpointSection = CheckpointSection()
     failure: FailureSection = FailureSection()

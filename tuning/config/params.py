@@ -22,6 +22,23 @@ FINAL_METRICS = ("test_loss", "test_acc")
 IMAGE_METRICS = ("test_image_acc",)
 REPORTED_METRICS = EPOCH_METRICS + FINAL_METRICS + IMAGE_METRICS
 
+# Upper bounds of the counts a user may ask for, shared by the config models and the
+# CLI's flags: a value past them is a typo, and an integer past 64 bits would overflow
+# SQLite (Optuna's and Django's stores) or hang Ray instead of failing at start.
+MAX_TRIALS = 100_000
+MAX_CONCURRENT_TRIALS = 1_000
+MAX_TIMEOUT_SECONDS = 366 * 24 * 3600      # a year: longer is a unit mistake
+MAX_EPOCHS = 100_000
+MAX_BATCH_SIZE = 65_536
+MAX_NUM_WORKERS = 256
+MAX_NUM_CLASSES = 100_000
+MAX_SEED = 2**32 - 1                        # numpy's RandomState takes no larger seed
+MAX_ID = 2**63 - 1                          # SQLite's INTEGER
+MAX_CPUS = 4_096
+MAX_GPUS = 1_024
+MAX_MEMORY_GB = 1_000_000
+MAX_COUNT = 1_000_000                       # any other count (checkpoints, failures)
+
 
 def epoch_metric_for(metric: str) -> str:
     """The per-epoch validation metric that follows a study metric (test_acc -> valid_acc,
@@ -41,12 +58,13 @@ def is_final_result(result: dict) -> bool:
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No inf or nan: every number here is a count, a rate, a size or a time.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelParams(Strict):
     name: Literal["ResNet18", "ResNet50", "ResNet101"] = "ResNet18"
-    num_classes: int | None = Field(default=None, ge=2)
+    num_classes: int | None = Field(default=None, ge=2, le=MAX_NUM_CLASSES)
     weights: str | None = None  # a local state_dict file; nothing is downloaded
     # torchvision's ImageNet weights, from the local torch hub cache (tuning.trial.pretrained)
     pretrained: bool = False
@@ -55,12 +73,12 @@ class ModelParams(Strict):
 
 
 class TrainingSection(Strict):
-    run_name: str = Field(default="optuna_tuning", min_length=1)
+    run_name: str = Field(default="optuna_tuning", min_length=1, max_length=250)
     learning_rate: float = Field(default=1e-3, gt=0)
-    batch_size: int = Field(default=32, ge=1)
+    batch_size: int = Field(default=32, ge=1, le=MAX_BATCH_SIZE)
     optimizer: Literal["Adam", "SGD", "AdamW"] = "Adam"
-    num_epochs: int = Field(default=3, ge=1)
-    num_workers: int = Field(default=0, ge=0)
+    num_epochs: int = Field(default=3, ge=1, le=MAX_EPOCHS)
+    num_workers: int = Field(default=0, ge=0, le=MAX_NUM_WORKERS)
     momentum: float = Field(default=0.9, ge=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0)
 
@@ -81,9 +99,9 @@ class SplitRatio(Strict):
 
 
 class DataSection(Strict):
-    theme_id: int | None = Field(default=None, ge=1)
+    theme_id: int | None = Field(default=None, ge=1, le=MAX_ID)
     split_ratio: SplitRatio = SplitRatio()
-    seed: int = 42
+    seed: int = Field(default=42, ge=0, le=MAX_SEED)
     image_size: int = Field(default=32, ge=8, le=1024)
     channels: Literal[1, 3] = 3
     skip_unreadable: bool = False
@@ -96,8 +114,8 @@ class BrightnessCorrection(Strict):
 
 class PatchSection(Strict):
     enabled: bool = False
-    size: int | None = Field(default=None, ge=8)
-    stride: int | None = Field(default=None, ge=1)
+    size: int | None = Field(default=None, ge=8, le=1024)  # at most data.image_size
+    stride: int | None = Field(default=None, ge=1, le=1024)
 
 
 class PreprocessingSection(Strict):

@@ -6,17 +6,19 @@ not hours later inside a trial.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal, Union
 
 import optuna.distributions as od
 from pydantic import Field, ValidationError, model_validator
 
 from tuning.config.errors import config_error_from_validation, printable
-from tuning.errors import ConfigError
-from tuning.config.params import Strict
+from tuning.errors import ConfigError, shown_value
+from tuning.config.params import MAX_ID, Strict
 
 Scalar = Union[bool, int, float, str, None]
+# Optuna stores every sampled value in SQLite: an int past 64 bits cannot be stored.
+_INT_BOUND = {"ge": -MAX_ID, "le": MAX_ID}
+MAX_CHOICES = 1_000
 
 
 class FloatParam(Strict):
@@ -28,8 +30,6 @@ class FloatParam(Strict):
 
     @model_validator(mode="after")
     def _rules(self) -> "FloatParam":
-        if not (math.isfinite(self.low) and math.isfinite(self.high)):
-            raise ValueError(f"`low` and `high` must be finite (low={self.low}, high={self.high})")
         if self.low > self.high:
             raise ValueError(f"`low` must be <= `high` (low={self.low}, high={self.high})")
         if self.log and self.low <= 0:
@@ -47,9 +47,9 @@ class FloatParam(Strict):
 
 class IntParam(Strict):
     type: Literal["int"]
-    low: int
-    high: int
-    step: int = Field(default=1, ge=1)
+    low: int = Field(**_INT_BOUND)
+    high: int = Field(**_INT_BOUND)
+    step: int = Field(default=1, ge=1, le=MAX_ID)
     log: bool = False
 
     @model_validator(mode="after")
@@ -71,7 +71,7 @@ class IntParam(Strict):
 
 class CategoricalParam(Strict):
     type: Literal["categorical"]
-    choices: list[Scalar] = Field(min_length=1)
+    choices: list[Scalar] = Field(min_length=1, max_length=MAX_CHOICES)
 
     @model_validator(mode="after")
     def _unique(self) -> "CategoricalParam":
@@ -79,7 +79,8 @@ class CategoricalParam(Strict):
         for choice in self.choices:
             # 1 and True compare equal in Python but are different choices in YAML.
             if any(type(choice) is type(s) and choice == s for s in seen):
-                raise ValueError(f"`choices` must not repeat a value (repeated: {choice!r})")
+                raise ValueError(f"`choices` must not repeat a value "
+                                 f"(repeated: {shown_value(choice)})")
             seen.append(choice)
         return self
 
@@ -98,12 +99,14 @@ _BY_TYPE: dict[str, type[Strict]] = {"float": FloatParam, "int": IntParam,
 def parse_param(name: str, raw: Any, *, file: str) -> ParamSpec:
     key = f"params_to_tune.{printable(name)}"
     if not isinstance(raw, dict):
-        raise ConfigError(f"each parameter must be a mapping with `type` (got {raw!r}).",
+        raise ConfigError(f"each parameter must be a mapping with `type` "
+                          f"(got {shown_value(raw)}).",
                           file=file, key=key, fix="write e.g. `type: float`, `low`, `high`.")
     kind = raw.get("type")
     model = _BY_TYPE.get(kind) if isinstance(kind, str) else None
     if model is None:
-        raise ConfigError(f"unknown parameter type {kind!r}.", file=file, key=f"{key}.type",
+        raise ConfigError(f"unknown parameter type {shown_value(kind)}.", file=file,
+                          key=f"{key}.type",
                           fix="use one of: float, int, categorical.")
     try:
         return model.model_validate(raw)  # type: ignore[return-value]

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tuning import storage
+from tuning.recovery import lease
 from tuning.storage import absolute_url
 from tuning.errors import ThemetuneError
 
@@ -229,4 +230,80 @@ def request(value: str, *, config_file: Path, theme_id: int | None, storage: str
     info = load(value)
     check_same(info, theme_id=theme_id, storage=storage, study_name=study_name,
                overrides=overrides)
+    # Refused here, before the data and Ray, so that a second driver learns of the live
+    # one at once; run_study takes the lease itself (lease.acquire).
+    lease.check_free(info.experiment_path)
     return info
+
+
+def decided_ledger(experiment_path: str, study_runs, ledger):
+    """`ledger` filled with the study's trials when every one of them ended before its
+    driver died (it died in the bookkeeping after them: best model, registry); None when
+    a trial is left to run, or a finished one's folder cannot be found.
+
+    Read from MLflow's child runs (how each trial ended, its value, its logged model)
+    and the trial folders (params.json, checkpoints), without restoring the Tuner:
+    restored, Tune would start again each trial that its last snapshot (which may
+    predate the trial) did not see end.
+    """
+    from tuning.tracking import mlflow_runs
+    from tuning.tracking.ledger import FINAL_STATES
+
+    runs = mlflow_runs.child_runs(study_runs)
+    decided = [r for r in runs if r.info.status != "RUNNING"
+               and r.data.tags.get("optuna.trial_state") in FINAL_STATES]
+    if len(decided) < max(ledger.n_trials, len(runs)):
+        return None
+    folders = _trial_folders(experiment_path)
+    for run in decided:
+        record = _decided_record(run, experiment_path, folders, ledger.metric, study_runs)
+        if record is None:
+            return None
+        ledger.add(record)
+        ledger.metrics_seen |= set(run.data.metrics)
+    return ledger
+
+
+def _trial_folders(experiment_path: str) -> list[str]:
+    """The experiment's folders, as paths on the storage's filesystem."""
+    import pyarrow.fs
+
+    fs, root = storage.filesystem(experiment_path)
+    return [i.path for i in fs.get_file_info(pyarrow.fs.FileSelector(root))
+            if i.type == pyarrow.fs.FileType.Directory]
+
+
+def _decided_record(run, experiment_path: str, folders: list[str], metric: str, study_runs):
+    """A ledger record of a trial that ended, from its child run and its trial folder
+    (Tune names it <trainable>_<trial id>_...; its params.json holds the typed params)."""
+    from tuning.tracking import mlflow_runs
+    from tuning.tracking.callbacks import END_REASON
+    from tuning.tracking.ledger import COMPLETE, TrialRecord
+
+    tags = run.data.tags
+    trial_id, complete = tags.get("ray.trial_id", ""), tags["optuna.trial_state"] == COMPLETE
+    folder = next((f for f in folders if f"_{trial_id}_" in f.rsplit("/", 1)[-1]), None)
+    checkpoint = _last_checkpoint(experiment_path, folder) if folder and complete else None
+    if complete and checkpoint is None:
+        return None  # no model to take from it: Tune's restore decides
+    params = (json.loads(storage.read_on_storage(experiment_path, f"{folder}/params.json"))
+              if folder else dict(run.data.params))   # only shown, for a trial that failed
+    return TrialRecord(
+        ray_trial_id=trial_id, number=int(tags.get("optuna.trial_number", -1)), params=params,
+        started=run.info.start_time / 1000, ended=(run.info.end_time or 0) / 1000 or None,
+        state=tags["optuna.trial_state"], child_run_id=run.info.run_id,
+        value=run.data.metrics.get(metric) if complete else None, error=tags.get(END_REASON),
+        checkpoint_path=checkpoint,
+        model_uri=(mlflow_runs.logged_model_uri(study_runs.client, study_runs.experiment_id,
+                                                run.info.run_id) if complete else None))
+
+
+def _last_checkpoint(experiment_path: str, trial_folder: str) -> str | None:
+    """The trial's newest checkpoint folder (its final one, for a trial that ended)."""
+    import pyarrow.fs
+
+    fs, _ = storage.filesystem(experiment_path)
+    names = sorted(i.path for i in fs.get_file_info(pyarrow.fs.FileSelector(trial_folder))
+                   if i.type == pyarrow.fs.FileType.Directory
+                   and i.base_name.startswith("checkpoint_"))
+    return names[-1] if names else None

@@ -23,9 +23,11 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from tuning.storage import check_tracking_store
 from tuning.tracking import output
 from tuning.errors import StudyStoppedError, ThemetuneError
 from tuning.numbers import is_finite_number
+from tuning.redact import redact_text
 
 log = output.log
 
@@ -172,7 +174,7 @@ def _client(tracking_uri: str) -> RetryingClient:
     for name, value in _MLFLOW_RETRY_DEFAULTS.items():
         os.environ.setdefault(name, value)
     outage_budget_s()  # a malformed value fails now, not in the middle of an outage
-    check_reachable(tracking_uri)
+    check_usable(tracking_uri)
     return RetryingClient(MlflowClient(tracking_uri=tracking_uri))
 
 
@@ -194,6 +196,14 @@ def check_reachable(tracking_uri: str) -> None:
             f"{str(exc).splitlines()[0][:200]}).", key="MLFLOW_TRACKING_URI",
             fix="start the server (`mlflow server ...`) or point MLFLOW_TRACKING_URI / "
                 "mlflow.tracking_uri in config.yaml at a running one.") from None
+
+
+def check_usable(tracking_uri: str, *, config_file: str | None = None) -> None:
+    """A server answers; a local store can be opened or made (storage.check_tracking_store)."""
+    if tracking_uri.startswith(("http://", "https://")):
+        check_reachable(tracking_uri)
+    else:
+        check_tracking_store(tracking_uri, config_file=config_file)
 
 
 @dataclass
@@ -303,7 +313,8 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], *,
 
 
 def set_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
-    client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+    client.log_batch(run_id, tags=[RunTag(k, redact_text(str(v))[:5000])
+                                   for k, v in tags.items()])
 
 
 def log_text(client: MlflowClient, run_id: str, text: str, artifact_file: str) -> None:
@@ -311,11 +322,17 @@ def log_text(client: MlflowClient, run_id: str, text: str, artifact_file: str) -
 
 
 def log_file(client: MlflowClient, run_id: str, path: Path, artifact_path: str) -> None:
-    client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+    # A config may hold a URL with a password (mlflow.tracking_uri): logged masked.
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if redact_text(text) != text:
+        log_text(client, run_id, redact_text(text), f"{artifact_path}/{path.name}")
+    else:
+        client.log_artifact(run_id, str(path), artifact_path=artifact_path)
 
 
 def log_yaml(client: MlflowClient, run_id: str, data: Any, artifact_file: str) -> None:
-    log_text(client, run_id, yaml.safe_dump(data, sort_keys=False, allow_unicode=True),
+    log_text(client, run_id,
+             redact_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True)),
              artifact_file)
 
 
@@ -387,4 +404,4 @@ def end_run(client: MlflowClient, run_id: str, status: str) -> None:
 
 def _param_text(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return text[:MAX_PARAM_LEN]
+    return redact_text(text)[:MAX_PARAM_LEN]   # e.g. the storage URL: never its password

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import sys
 
+from tuning.redact import redact_text
+
 log = logging.getLogger("themetune")
 
 
@@ -38,8 +40,8 @@ _configure()
 
 
 def say(message: str) -> None:
-    log.info(message)
+    log.info(redact_text(message))   # lines name storage URLs and tracking URIs
 
 
 def warn(message: str) -> None:
-    log.warning(message)
+    log.warning(redact_text(message))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 
 from tuning.config.search_space import format_space
+from tuning.redact import redact_url
 
 
 def print_dry_run(plan) -> None:
@@ -18,7 +19,7 @@ def print_dry_run(plan) -> None:
           f"{f', {len(data.skipped)} unreadable skipped' if data.skipped else ''}")
     print(f"study '{plan.study_name}': {c.study.direction} {c.study.metric}, "
           f"{c.study.n_trials} trials, timeout {c.study.timeout or 'none'}, "
-          f"storage {plan.storage_url or 'in memory'}"
+          f"storage {redact_url(plan.storage_url) or 'in memory'}"
           f"{f' ({plan.stored_trials} trials stored)' if plan.stored_trials else ''}")
     r = c.infra.resources
     print(f"per trial: {r.cpu:g} CPU, {r.gpu:g} GPU; up to {c.infra.max_concurrent_trials} "

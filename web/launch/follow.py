@@ -4,6 +4,8 @@ launch.py records a study's start and end itself; this module only notices what 
 cannot say: that its process or Ray job is gone (a user error before the study started,
 a crash, a cancel) while the row still reads pending/running. It also stops a study on
 request (SIGINT to the local driver, or `ray job stop`), and reads the study's output.
+Noticing and escalating is the watchdog's (`manage.py watch_studies`): page views only
+read, so that no GET, nor a row edited to name another pid, signals a process.
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ _TAIL_BYTES = 64 * 1024
 
 
 def cancel_study(*, study_id: int) -> bool:
-    """Ask the study to stop: SIGINT to the local driver or `ray job stop`. It ends
-    KILLED once its driver has marked its runs; refresh_study escalates if it hangs.
-    False when it had already ended. Raises LaunchError for a study this UI did not
-    launch (its driver belongs to whoever started it)."""
+    """Ask the study to stop: note it in its row, then SIGINT to the local driver or
+    `ray job stop`. It ends KILLED once its driver has marked its runs; the driver also
+    reads the note, so a cancel wins even when no signal can reach it (not started yet,
+    SIGINT ignored); `manage.py watch_studies` escalates if it hangs. False when it had
+    already ended. Raises LaunchError for a study this UI did not launch (its driver
+    belongs to whoever started it)."""
     study = selectors.study_get(study_id=study_id)
     if not study.launcher:
         raise LaunchError(f"study {study_id} was started from the command line, not from "
@@ -39,7 +43,7 @@ def cancel_study(*, study_id: int) -> bool:
     if not services.study_request_cancel(study_id=study_id):
         return False
     if study.launcher == TuningStudy.Launcher.LOCAL and study.process_id:
-        if not local.interrupt(_ref(study)):
+        if not _signal_driver(study, local.interrupt):
             services.study_mark_ended(study_id=study_id, status=StudyStatus.KILLED,
                                       error="cancelled")
     elif study.launcher == TuningStudy.Launcher.RAY_JOB and study.ray_job_id:
@@ -48,10 +52,7 @@ def cancel_study(*, study_id: int) -> bool:
         except ray_jobs.RayJobError as exc:
             raise LaunchError(f"{exc}.", fix="stop it with `ray job stop "
                               f"{study.ray_job_id}`.") from exc
-    else:
-        # Its launch failed before a process or job existed: nothing runs.
-        services.study_mark_ended(study_id=study_id, status=StudyStatus.KILLED,
-                                  error="cancelled before it started")
+    # Else its driver is being started right now: it reads the note and stops at once.
     return True
 
 
@@ -59,8 +60,21 @@ def _ref(study: StudyInfo) -> local.ProcessRef:
     return local.ProcessRef(pid=study.process_id or 0, start=study.process_start)
 
 
+def _driver_alive(study: StudyInfo) -> bool:
+    """The row's process is running, and it is launch.py (a pid is only trusted so far)."""
+    ref = _ref(study)
+    return local.is_running(ref) and local.runs_script(ref, settings.THEMETUNE_LAUNCH_SCRIPT)
+
+
+def _signal_driver(study: StudyInfo, send) -> bool:
+    """`send(ref)` when the row's process is our running driver; False otherwise."""
+    return _driver_alive(study) and send(_ref(study))
+
+
 def refresh_study(study: StudyInfo) -> StudyInfo:
-    """The study, after noting an end that its driver could not record."""
+    """The study, after noting an end that its driver could not record, and escalating
+    a cancel it has not obeyed. Signals processes: for the watchdog
+    (`manage.py watch_studies`) and POSTs, never for a page view."""
     if not study.is_active or not study.launcher:
         return study
     if study.launcher == TuningStudy.Launcher.LOCAL:
@@ -77,11 +91,10 @@ def refresh_active() -> None:
 
 def _refresh_local(study: StudyInfo) -> bool:
     if not study.process_id:
-        return False    # being launched right now
-    ref = _ref(study)
-    if local.is_running(ref):
+        return _end_if_launch_abandoned(study)
+    if _driver_alive(study):
         if study.cancel_requested_at is not None:
-            _escalate(ref, timezone.now() - study.cancel_requested_at)
+            _escalate(study, timezone.now() - study.cancel_requested_at)
         return False
     if study.cancel_requested_at is not None:
         return services.study_mark_ended(study_id=study.id, status=StudyStatus.KILLED,
@@ -90,12 +103,24 @@ def _refresh_local(study: StudyInfo) -> bool:
                                      error=_exit_reason(log_tail(study)))
 
 
-def _escalate(ref: local.ProcessRef, waited: timedelta) -> None:
+def _end_if_launch_abandoned(study: StudyInfo) -> bool:
+    """A row still without a process is being launched, unless it was cancelled longer
+    ago than the grace time (the server stopped mid-launch): then nothing will run it."""
+    if study.cancel_requested_at is None:
+        return False
+    waited = timezone.now() - study.cancel_requested_at
+    if waited.total_seconds() <= settings.THEMETUNE_CANCEL_GRACE_S:
+        return False
+    return services.study_mark_ended(study_id=study.id, status=StudyStatus.KILLED,
+                                     error="cancelled before it started")
+
+
+def _escalate(study: StudyInfo, waited: timedelta) -> None:
     grace = settings.THEMETUNE_CANCEL_GRACE_S
     if waited.total_seconds() > 2 * grace:
-        local.kill_group(ref, signal.SIGKILL)
+        _signal_driver(study, lambda ref: local.kill_group(ref, signal.SIGKILL))
     elif waited.total_seconds() > grace:
-        local.kill_group(ref, signal.SIGTERM)
+        _signal_driver(study, lambda ref: local.kill_group(ref, signal.SIGTERM))
 
 
 def _refresh_ray_job(study: StudyInfo) -> bool:

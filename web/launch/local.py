@@ -57,6 +57,19 @@ def is_running(ref: ProcessRef) -> bool:
     return not ref.start or start_time_of(fields) == ref.start
 
 
+def runs_script(ref: ProcessRef, script: str) -> bool:
+    """Whether the process runs `script` (`python SCRIPT ...`): a row edited to point at
+    another process of this user must not get it signalled. True where /proc does not
+    exist (nothing to read it from; the start time guards there)."""
+    if not Path("/proc").is_dir():
+        return True
+    try:
+        raw = Path(f"/proc/{ref.pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+    return script in raw.decode("utf-8", errors="replace").split("\0")[1:3]
+
+
 def interrupt(ref: ProcessRef) -> bool:
     """SIGINT to the driver alone: launch.py turns it into KeyboardInterrupt and marks
     its trials and MLflow runs KILLED before it exits."""

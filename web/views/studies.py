@@ -40,7 +40,6 @@ def _live_context(study):
 
 @require_GET
 def study_list(request):
-    launch.refresh_active()
     return render(request, "web/study_list.html", {"studies": selectors.study_list(limit=200)})
 
 
@@ -125,7 +124,8 @@ def study_new(request):
     else:
         theme_id = request.GET.get("theme", "")
         theme = None
-        if theme_id.isdigit():
+        # 19 digits hold any SQLite id; int() refuses over 4300 of them (a 500).
+        if theme_id.isdigit() and len(theme_id) <= 19:
             try:
                 theme = selectors.theme_get(theme_id=int(theme_id))
             except ThemeError:

@@ -1,6 +1,7 @@
 from django.core.management.base import BaseCommand
 
 from data_access import selectors, services
+from data_access.db import check_media_root
 from data_access.management.base import user_errors
 
 
@@ -20,6 +21,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, name, exist_ok, **options):
         with user_errors():
+            check_media_root()
             if exist_ok:
                 existing = selectors.theme_find_id(name=name)
                 if existing is not None:

@@ -4,11 +4,19 @@
 // - #live[data-live-url] refreshes the study's live part every 2 s while it runs.
 // - #plot[data-plot-url] draws an Optuna figure with plotly.js, again while it runs.
 // - the new-study form reloads its defaults when the theme or preset changes.
+// - [data-width] bars get their width (a percent) here: the Content-Security-Policy
+//   blocks style="" attributes in the HTML, not styles set from a script.
 "use strict";
 
 (function () {
   const LIVE_MS = 2000;
   const PLOT_MS = 5000;
+
+  function barWidths(root) {
+    root.querySelectorAll("[data-width]").forEach((el) => {
+      el.style.width = `${Number(el.dataset.width) || 0}%`;
+    });
+  }
 
   function autosubmit() {
     document.querySelectorAll("[data-autosubmit]").forEach((el) => {
@@ -40,6 +48,7 @@
         return;
       }
       box.innerHTML = await response.text();
+      barWidths(box);
       if (response.headers.get("X-Study-Active") === "1") {
         setTimeout(tick, LIVE_MS);
       } else {
@@ -104,6 +113,7 @@
   }
 
   document.addEventListener("DOMContentLoaded", () => {
+    barWidths(document);
     autosubmit();
     confirms();
     live();
