@@ -75,7 +75,7 @@ class TuningStudy(models.Model):
     n_trials = models.PositiveIntegerField()
     resolved_config = models.JSONField(default=dict)
     optuna_study_name = models.CharField(max_length=200)
-    # Stored without a password (see services.studies._redact_url).
+    # Stored without a password (tuning.redact.redact_url).
     optuna_storage = models.CharField(max_length=500, blank=True)
     mlflow_experiment_id = models.CharField(max_length=64, blank=True)
     mlflow_parent_run_id = models.CharField(max_length=64, blank=True)

@@ -19,6 +19,7 @@ from django.db import DataError as DatabaseDataError
 from data_access import services
 from data_access.db import database_description
 from tuning.processes import process_start_time
+from tuning.redact import redact_text
 from tuning.tracking.recording import StudyEnd, StudyStart, TrialEnd, TrialResult, TrialStart
 
 Event = StudyStart | TrialStart | TrialResult | TrialEnd | StudyEnd
@@ -146,7 +147,8 @@ class DjangoStudyRecorder:
 
     def _warn(self, message: str) -> None:
         stream = self._stream if self._stream is not None else sys.stderr
-        print(f"themetune: warning: {message}", file=stream, flush=True)
+        # Driver errors can quote a database URL with its password.
+        print(f"themetune: warning: {redact_text(message)}", file=stream, flush=True)
 
 
 def cancel_watch(study_id: int | None, *, interval_s: float = 3.0):
@@ -183,4 +185,5 @@ def mark_interrupted_before_start(study_id: int | None) -> None:
                                   error="cancelled before the study started")
     except DatabaseError as exc:
         print(f"themetune: warning: could not mark study {study_id} killed in database "
-              f"{database_description()}: {exc}", file=sys.stderr, flush=True)
+              f"{database_description()}: {redact_text(str(exc))}", file=sys.stderr,
+              flush=True)

@@ -34,7 +34,7 @@ class Case:
     args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     expect: str = ""                     # a piece of the one line on stderr
-    command: str = "launch"              # or "import_theme", "import_demo_theme", "predict"
+    command: str = "launch"  # or "import_theme", "import_demo_theme", "migrate", "predict"
     unreadable_config: bool = False
 
 
@@ -71,6 +71,10 @@ COMMAND_CASES = [
          command="import_demo_theme", expect="MEDIA_ROOT"),
     Case("import_theme_database_garbage", env={"DATABASE_URL": "garbage"},
          command="import_theme", expect="DATABASE_URL"),
+    Case("migrate_database_garbage", env={"DATABASE_URL": "garbage"},
+         command="migrate", expect="DATABASE_URL"),
+    Case("migrate_database_empty", env={"DATABASE_URL": ""},
+         command="migrate", expect="DATABASE_URL"),
     Case("predict_database_driver_missing", env={"DATABASE_URL": f"mysql://u:{SECRET}@h/db"},
          command="predict", expect="MySQLdb"),
 ]
@@ -114,6 +118,8 @@ def _command(site: dict, case: Case, run: Path, dry_run: bool) -> list[str]:
     if case.command == "import_demo_theme":
         return [sys.executable, str(ROOT / "manage.py"), "import_demo_theme",
                 "--name", f"refused_{case.id}"]
+    if case.command == "migrate":
+        return [sys.executable, str(ROOT / "manage.py"), "migrate", "--noinput"]
     if case.command == "predict":
         return [sys.executable, str(ROOT / "predict.py"), "--theme-id", str(site["theme_id"]),
                 str(site["images"])]

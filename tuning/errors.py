@@ -12,7 +12,10 @@ USER_ERROR_EXIT_CODE = 2
 
 # Parts of a one-line error that may carry what the user wrote are capped, so that a
 # huge value (an alias bomb, a pasted file) cannot turn one line into megabytes.
-MAX_MESSAGE_CHARS = 400
+# Our own messages may list several files (unreadable images) with full paths.
+MAX_MESSAGE_CHARS = 1500
+# A value the user wrote, echoed inside a message.
+MAX_VALUE_CHARS = 200
 MAX_KEY_CHARS = 200
 MAX_FILE_CHARS = 300
 # The fix is the program's own text, but may list every allowed key.
@@ -44,7 +47,7 @@ def shown_value(value: object) -> str:
     """A repr of `value` fit for an error message: bounded in size and in work, as the
     full repr of a huge nested value is never built."""
     try:
-        shown = shorten(_VALUE_REPR.repr(value), MAX_MESSAGE_CHARS // 2)
+        shown = shorten(_VALUE_REPR.repr(value), MAX_VALUE_CHARS)
     except Exception:  # an int past Python's digit limit refuses its own repr
         return f"<{type(value).__name__}>"
     if isinstance(value, str) and len(value) > _VALUE_REPR.maxstring:

@@ -135,7 +135,8 @@ def prepare_study(config: StudyConfig, theme: ThemeSpec, *, study_name: str | No
     # Before the data: a missing weights file is the quicker mistake to report.
     imagenet_states = load_study_weights(config, progress=progress)
     data = prepare_data(theme, preprocess_settings(config.params),
-                        cache_dir=Path(config.infra.cache_dir), progress=progress)
+                        cache_dir=Path(config.infra.cache_dir), progress=progress,
+                        store=not dry_run)
     _check_batch_sizes(config, data)
     optuna_storage = open_storage(storage_url, create=not dry_run)
     distributions = to_distributions(config.space)

@@ -4,7 +4,6 @@ a study's start, each trial's start, results and end, the study's end."""
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from django.db import transaction
 
@@ -13,6 +12,7 @@ from data_access.models import TuningParamConfig, TuningStudy, TuningTrial
 from data_access.selectors import StudyNotFoundError
 from data_access.services._values import aware, finite_or_none, json_safe
 from data_access.services.themes import require_theme
+from tuning.redact import redact_url
 from tuning.tracking.recording import StudyEnd, StudyStart, TrialEnd, TrialResult, TrialStart
 from tuning.states import ACTIVE_STATUSES, StudyStatus, TrialState
 
@@ -159,22 +159,11 @@ def _start_fields(event: StudyStart) -> dict[str, Any]:
         n_trials=event.n_trials,
         resolved_config=json_safe(event.resolved_config),
         optuna_study_name=event.optuna_study_name,
-        optuna_storage=_redact_url(event.optuna_storage),
+        # Shown in the admin and web UI: no password.
+        optuna_storage=redact_url(event.optuna_storage) or "",
         mlflow_experiment_id=event.mlflow_experiment_id or "",
         mlflow_parent_run_id=event.mlflow_parent_run_id or "",
         ray_job_id=event.ray_job_id or "",
         experiment_path=event.experiment_path or "",
         started_at=aware(event.started_at),
     )
-
-
-def _redact_url(url: str | None) -> str:
-    """The URL without its password: the study row is shown in the admin and web UI."""
-    if not url:
-        return ""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + netloc))

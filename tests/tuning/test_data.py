@@ -262,6 +262,17 @@ def test_failed_write_leaves_no_cache_entry(tmp_path, monkeypatch):
     assert prepare_data(theme, BASE, cache_dir=cache).from_cache
 
 
+def test_a_dry_run_reads_the_cache_but_never_writes_it(tmp_path):
+    theme = make_theme(tmp_path / "media", {"a": 6, "b": 6})
+    cache = tmp_path / "cache"
+    dry = prepare_data(theme, BASE, cache_dir=cache, store=False)
+    assert not cache.exists() and not dry.from_cache
+    prepare_data(theme, BASE, cache_dir=cache)
+    written = sorted(p.relative_to(cache) for p in cache.rglob("*"))
+    assert prepare_data(theme, BASE, cache_dir=cache, store=False).from_cache
+    assert sorted(p.relative_to(cache) for p in cache.rglob("*")) == written
+
+
 def test_damaged_cache_entry_is_rebuilt(tmp_path):
     theme = make_theme(tmp_path / "media", {"a": 6})
     key = prepare(theme).cache_key

@@ -114,5 +114,5 @@ def test_huge_values_are_capped_in_the_message(configs):
     line = refusal(configs).one_line()
     assert "training.batch_size" in line and len(line) < 600, line[:1000]
     huge = ConfigError("x" * 1_000_000, file="f.yaml", key="k" * 5000, fix="shorten it.")
-    assert len(huge.one_line()) < 1000
+    assert len(huge.one_line()) < 2000
     assert "(1000000 characters)" in huge.one_line() and huge.one_line().endswith("shorten it.")

@@ -107,8 +107,9 @@ class PreparedData:
 
 
 def prepare_data(theme: ThemeSpec, settings: PreprocessSettings, *, cache_dir: Path,
-                 progress: Progress | None = None) -> PreparedData:
-    """Decode, preprocess and split the theme's images, or load them from the cache."""
+                 progress: Progress | None = None, store: bool = True) -> PreparedData:
+    """Decode, preprocess and split the theme's images, or load them from the cache.
+    `store=False` (a dry run) reads the cache but writes nothing."""
     report = progress or (lambda message: None)
     if not theme.samples:
         raise DataError(f"theme '{theme.name}' (id {theme.id}) has no images.",
@@ -126,7 +127,7 @@ def prepare_data(theme: ThemeSpec, settings: PreprocessSettings, *, cache_dir: P
     key = known_key or _content_key(paths, labels, settings)
     cached = _load(cache_dir / key / "data.npz")
     if cached is not None:
-        if known_key is None:
+        if known_key is None and store:
             _write_atomic_text(cache_dir / "by-stat" / stat_key, key)
         report(f"preprocessed images of theme '{theme.name}' loaded from cache {cache_dir / key}")
         return _prepared(cached, theme, key, from_cache=True)
@@ -147,8 +148,9 @@ def prepare_data(theme: ThemeSpec, settings: PreprocessSettings, *, cache_dir: P
     assignment = _assign_splits(labels, ok, settings, theme.class_names)
     arrays = _build_splits(images, labels, assignment, settings)
     arrays["skipped_sources"] = np.flatnonzero(~ok).astype(np.int64)
-    _store(cache_dir, key, arrays)
-    _write_atomic_text(cache_dir / "by-stat" / stat_key, key)
+    if store:
+        _store(cache_dir, key, arrays)
+        _write_atomic_text(cache_dir / "by-stat" / stat_key, key)
     return _prepared(arrays, theme, key, from_cache=False)
 
 
