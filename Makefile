@@ -19,7 +19,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -c requirements.lock $(TORCH_SPEC)
 	$(PY) -m pip install -q -c requirements.lock -e ".[test]"
 	touch $(STAMP)
 

@@ -57,11 +57,16 @@ def study_name(args: argparse.Namespace) -> str:
     folder = Path(args.configs) if args.configs else REPO / "configs"
     if not folder.is_absolute():
         folder = REPO / folder
+    path = folder / "optuna_params.yaml"
+    # Only a label for the job id: a file the driver will refuse (too large, too deep,
+    # a non-text name) gets the plain label, and the driver says what is wrong with it.
     try:
-        data = yaml.safe_load((folder / "optuna_params.yaml").read_text()) or {}
-        return str(data["study"]["name"])
-    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        if path.stat().st_size > 1024 * 1024:
+            return "study"
+        name = (yaml.safe_load(path.read_text()) or {})["study"]["name"]
+    except (OSError, KeyError, TypeError, RecursionError, yaml.YAMLError):
         return "study"
+    return name if isinstance(name, str) and len(name) <= 200 else "study"
 
 
 def submission_id(theme_id: int, study: str, now: dt.datetime | None = None) -> str:

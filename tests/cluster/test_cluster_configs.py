@@ -302,10 +302,11 @@ def test_dockerfile_builds_a_node_image_with_the_project():
     known = {"FROM", "RUN", "COPY", "WORKDIR", "ENV", "ARG", "USER", "ENTRYPOINT", "CMD"}
     assert set(ops) <= known, set(ops) - known
     runs = " ".join(args for op, args in steps if op == "RUN")
-    assert "pip install --no-cache-dir ${TORCH_SPEC}" in runs
-    # Every other dependency at the version the tests ran with.
+    # torch first; what it brings (sympy, filelock...) and every other dependency at the
+    # version the tests ran with.
+    assert "pip install --no-cache-dir -c requirements.lock ${TORCH_SPEC}" in runs
     assert "pip install --no-cache-dir -c requirements.lock ." in runs and "pip check" in runs
-    assert runs.index("${TORCH_SPEC}") < runs.index("-c requirements.lock")
+    assert runs.index("${TORCH_SPEC}") < runs.index("-c requirements.lock .")
     for needed in ("rsync", "openssh-client", "procps", "tini"):
         assert needed in runs
     copies = [args.split() for op, args in steps if op == "COPY"]
@@ -413,8 +414,9 @@ def test_make_install_and_lock_script_use_the_lock():
     stamp = re.search(r"^\$\(STAMP\): (.*)\n((?:\t.*\n)+)", make, re.M)
     assert stamp and "requirements.lock" in stamp.group(1).split()   # a new lock reinstalls
     recipe = stamp.group(2)
+    assert "-m pip install -q -c requirements.lock $(TORCH_SPEC)" in recipe
     assert '-m pip install -q -c requirements.lock -e ".[test]"' in recipe
-    assert recipe.index("$(TORCH_SPEC)") < recipe.index("requirements.lock")
+    assert recipe.index("$(TORCH_SPEC)") < recipe.index('-e ".[test]"')
     subprocess.run(["bash", "-n", str(CLUSTER / "lock.sh")], check=True)
     assert "pip freeze --exclude-editable" in (CLUSTER / "lock.sh").read_text()
 
@@ -532,3 +534,25 @@ def test_job_submission_id_from_rays_job_config(monkeypatch):
     assert in_ray_job() and job_submission_id() == "raysubmit_abc"
     monkeypatch.setenv("RAY_JOB_SUBMISSION_ID", "themetune-theme7-x-1")
     assert job_submission_id() == "themetune-theme7-x-1"
+
+
+def test_submit_labels_a_hostile_optuna_params_file_without_reading_it_whole(tmp_path):
+    """cluster/submit.py only reads study.name for the job id: a file the driver will
+    refuse (a name built from nested aliases, nesting past Python's recursion limit)
+    must not hang or crash it before the driver can say what is wrong."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("submit", CLUSTER / "submit.py")
+    submit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(submit)
+    laughs = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    laughs += [f"{k}: &{k} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]"
+               for p, k in zip("abcdefgh", "bcdefghi")]
+    bodies = {"bomb": "\n".join(laughs) + "\nstudy: {name: *i}\n",
+              "deep": "study: {name: " + "[" * 20000 + "]" * 20000 + "}\n",
+              "fine": "study: {name: my_study}\n"}
+    for label, body in bodies.items():
+        (tmp_path / label).mkdir()
+        (tmp_path / label / "optuna_params.yaml").write_text(body)
+        args = submit.argparse.Namespace(study_name=None, configs=str(tmp_path / label))
+        assert submit.study_name(args) == ("my_study" if label == "fine" else "study")
