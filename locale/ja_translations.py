@@ -199,6 +199,14 @@ JA = {
     "Choose one or more image files.": "画像ファイルを 1 つ以上選んでください。",
     "At most %(n)s images at a time: the first %(n)s are labelled, the others were not read.":
         "一度に扱える画像は %(n)s 枚までです。最初の %(n)s 枚を判定し、残りは読み込んでいません。",
+    "Too many failed logins": "ログインの失敗が多すぎます",
+    "This user name has been locked out from your address after %(limit)s failed login.":
+        "このアドレスからのこのユーザー名のログインは、%(limit)s 回失敗したためロックされています。",
+    "Wait for the lock to end and try again, or ask an administrator to unlock it "
+    "(manage.py axes_reset_username).":
+        "ロックが解けるのを待ってから再度お試しいただくか、管理者に解除を依頼してください"
+        "（manage.py axes_reset_username）。",
+    "Back to the login page": "ログインページに戻る",
 }
 
 

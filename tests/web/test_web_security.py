@@ -107,6 +107,15 @@ def test_admin_login_failures_count_too(two_users):
     assert log_in(client, "bob", PASSWORD, address="10.0.0.9").status_code == 429
 
 
+def test_the_lockout_page_speaks_the_users_language(two_users):
+    client = Client(HTTP_ACCEPT_LANGUAGE="ja")
+    for _ in range(3):
+        response = log_in(client, "bob", "wrong", address="10.0.0.7")
+    page = response.content.decode()
+    assert response.status_code == 429 and "ログインの失敗が多すぎます" in page
+    assert "3 回失敗" in page and "Too many failed logins" not in page
+
+
 def test_a_good_login_resets_the_count(two_users):
     client = Client()
     for _ in range(2):
