@@ -249,6 +249,13 @@ def test_the_watchdog_ends_studies_whose_driver_is_gone(theme, make_study):
     assert TuningStudy.objects.get(pk=killed).status == "killed"
 
 
+@pytest.mark.parametrize("interval", ["0", "-1", "nan", "inf"])
+def test_the_watchdog_refuses_an_interval_it_cannot_sleep(interval):
+    with pytest.raises(SystemExit) as info:
+        call_command("watch_studies", "--interval", interval)
+    assert info.value.code == 2
+
+
 def test_the_watchdog_escalates_a_cancel_to_our_driver_only(theme, make_study, sleeper,
                                                             settings, tmp_path):
     script = tmp_path / "launch.py"

@@ -9,11 +9,13 @@ Page views only read, so without it a dead study keeps its last status on the pa
 
 from __future__ import annotations
 
+import math
 import time
 
 from django.core.management.base import BaseCommand
 from django.db import DatabaseError, connection
 
+from tuning.redact import redact_text
 from web.launch import refresh_active
 
 
@@ -27,9 +29,10 @@ class Command(BaseCommand):
         parser.add_argument("--once", action="store_true", help="look once and exit")
 
     def handle(self, *args, interval: float, once: bool, **options):
-        if interval <= 0:
-            self.stderr.write(f"error: --interval: must be above 0 (got {interval}). "
-                              f"Fix: give a number of seconds, e.g. --interval 5.")
+        if not (0 < interval < math.inf):   # nan and inf too
+            self.stderr.write(f"error: --interval: must be a finite number above 0 "
+                              f"(got {interval}). Fix: give a number of seconds, e.g. "
+                              f"--interval 5.")
             raise SystemExit(2)
         while True:
             self._look()
@@ -42,5 +45,6 @@ class Command(BaseCommand):
             refresh_active()
         except DatabaseError as exc:
             # The database may be restarting: the next look tries again.
-            self.stderr.write(f"themetune: warning: could not read the studies: {exc}")
+            self.stderr.write("themetune: warning: could not read the studies: "
+                              f"{redact_text(str(exc))}")
             connection.close()
