@@ -201,6 +201,21 @@ def test_champion_moves_only_for_a_better_value(plain_study):
     client.set_registered_model_alias(plain_study.model_name, "champion", outcome.model_version)
 
 
+def test_a_parent_run_registers_one_version_even_when_its_bookkeeping_is_redone(plain_study):
+    """A resume that redoes a dead driver's bookkeeping after it had registered."""
+    mlflow.set_tracking_uri(plain_study.tracking_uri)
+    client = mlflow_runs.RetryingClient(MlflowClient(plain_study.tracking_uri))
+    outcome = plain_study.outcome
+    before = client.search_model_versions(f"name = '{plain_study.model_name}'")
+    again = mlflow_runs.register_best(
+        client, model_uri=before[0].source, model_name=plain_study.model_name,
+        tags={"parent_run_id": outcome.parent_run_id}, description="d", metric="test_acc",
+        direction="maximize", value=outcome.best_value)
+    assert again.version == str(outcome.model_version)
+    after = client.search_model_versions(f"name = '{plain_study.model_name}'")
+    assert len(after) == len(before)
+
+
 def test_model_loads_and_predicts_without_this_repository(plain_study, tmp_path):
     paths, _ = plain_study.test_split()
     script = f"""

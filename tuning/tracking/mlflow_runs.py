@@ -356,9 +356,11 @@ def register_best(client: MlflowClient, *, model_uri: str, model_name: str,
                   value: float) -> Registration:
     """Register the best model as a new version; move `champion` to it only when no
     champion exists or this value beats the champion's on the same metric and direction."""
-    version = call(mlflow.register_model, model_uri, model_name, await_registration_for=60,
-                   tags={**tags, METRIC_TAG: metric, DIRECTION_TAG: direction,
-                         VALUE_TAG: repr(float(value))})
+    # A resume that redoes a dead driver's bookkeeping may find its version already there.
+    version = (_version_of_parent(client, model_name, tags.get("parent_run_id"))
+               or call(mlflow.register_model, model_uri, model_name, await_registration_for=60,
+                       tags={**tags, METRIC_TAG: metric, DIRECTION_TAG: direction,
+                             VALUE_TAG: repr(float(value))}))
     number = str(version.version)
     client.update_model_version(model_name, number, description=description)
     client.update_registered_model(model_name, description=description)
@@ -369,6 +371,15 @@ def register_best(client: MlflowClient, *, model_uri: str, model_name: str,
     return Registration(model_name=model_name, version=number,
                         champion_version=number if moved else str(current.version),
                         moved=moved, reason=reason)
+
+
+def _version_of_parent(client: MlflowClient, model_name: str, parent_run_id: str | None):
+    """The version a study's parent run already registered, if any."""
+    if not parent_run_id or "'" in model_name:   # a quote cannot go into the filter
+        return None
+    versions = call(client.search_model_versions, f"name = '{model_name}'")
+    return next((v for v in versions if (v.tags or {}).get("parent_run_id") == parent_run_id),
+                None)
 
 
 def _champion(client: MlflowClient, model_name: str):
