@@ -63,6 +63,8 @@ LAUNCH_CASES = [
          expect="does not exist"),
     Case("storage_password", ("--storage", f"postgresql://u:{SECRET}@127.0.0.1:1/x"),
          expect="postgresql://u:***@127.0.0.1:1/x"),
+    Case("lease_stale_nan", env={"THEMETUNE_LEASE_STALE_S": "nan"},
+         expect="THEMETUNE_LEASE_STALE_S"),
 ]
 COMMAND_CASES = [
     Case("import_theme_media_root_file", env={"MEDIA_ROOT": "{run}/media_file"},

@@ -125,6 +125,7 @@ def prepare_study(config: StudyConfig, theme: ThemeSpec, *, study_name: str | No
     exactly what the run accepts, and creates nothing: a storage file or MLflow store
     that does not exist yet is only checked to be creatable."""
     _check_theme_fits(config, theme)
+    lease.stale_after_s()   # read only when a lease is found: a bad value is told now
     name = study_name or config.study.name
     storage.check_study_places(config, study_name=study_name, storage_url=storage_url)
     # An MLflow server that is down at start is a setup mistake (exit 2 now); one

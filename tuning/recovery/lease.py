@@ -67,10 +67,14 @@ def lease_path(experiment_path: str) -> str:
 def stale_after_s() -> float:
     value = os.environ.get(STALE_ENV, "")
     try:
-        return float(value) if value else DEFAULT_STALE_S
+        seconds = float(value) if value else DEFAULT_STALE_S
     except ValueError:
-        raise ThemetuneError(f"{STALE_ENV} must be a number of seconds (got {value!r}).",
-                             key=STALE_ENV, fix="set it to e.g. 120, or unset it.") from None
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):   # nan would make every lease live forever
+        raise ThemetuneError(f"{STALE_ENV} must be a number of seconds above 0 "
+                             f"(got {value[:40]!r}).", key=STALE_ENV,
+                             fix="set it to e.g. 120, or unset it.")
+    return seconds
 
 
 def read_lease(experiment_path: str) -> LeaseRecord | None:
