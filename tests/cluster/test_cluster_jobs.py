@@ -22,9 +22,11 @@ def test_study_job_runs_trials_on_two_nodes(local_cluster, site, tmp_path):
     """The whole path: submit -> SUCCEEDED, trials on both nodes, each trial its child
     run, the best model registered, the job named after theme and study."""
     shared = local_cluster.state / "shared" / "ray_results"   # the "NFS" every node sees
-    # Two trials at once on two nodes of 1 CPU each: one runs on each node.
+    # Two trials at once on two nodes of 1 CPU each: one runs on each node. Long enough
+    # that the first trial is still running when the worker's actor is up (with reused
+    # actors a second trial otherwise takes the first one's freed actor).
     config_dir = configs(tmp_path / "configs", storage_path=str(shared), study="multi",
-                         n_trials=2, epochs=1)
+                         n_trials=2, epochs=10)
     sid, result = submit(local_cluster, site, config_dir, wait=True)
     assert re.fullmatch(rf"themetune-theme{site['theme_id']}-multi-\d{{8}}-\d{{6}}", sid)
     info = local_cluster.job_info(sid)
