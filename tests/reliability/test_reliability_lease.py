@@ -109,6 +109,15 @@ def _run_ids(client: MlflowClient, experiment_id: str) -> set[str]:
     return {r.info.run_id for r in client.search_runs([experiment_id], run_view_type=3)}
 
 
+def _resume_target(started: str) -> tuple[list[str], Path, str]:
+    """From a driver's "continue with: ..." line: the --resume arguments, the experiment
+    folder and the MLflow parent run."""
+    resume_args = shlex.split(started.split("continue with: ")[1])[2:]
+    experiment = Path(resume_args[1])
+    parent_id = json.loads((experiment / RESUME_FILE).read_text())["parent_run_id"]
+    return resume_args, experiment, parent_id
+
+
 @pytest.mark.ray
 def test_reliability_second_driver_refused_then_dead_one_taken_over(site, tmp_path):
     """A resume while the first driver runs: exit 2 at once naming it, nothing written;
@@ -119,9 +128,7 @@ def test_reliability_second_driver_refused_then_dead_one_taken_over(site, tmp_pa
                    configs, "--study-name", "leased")
     try:
         started = first.wait_for(lambda line: "continue with: " in line, timeout=300)
-        resume_args = shlex.split(started.split("continue with: ")[1])[2:]
-        experiment = Path(resume_args[1])
-        parent_id = json.loads((experiment / RESUME_FILE).read_text())["parent_run_id"]
+        resume_args, experiment, parent_id = _resume_target(started)
         experiment_id = client.get_run(parent_id).info.experiment_id
 
         refused = run_launch(site["env"], tmp_path, *resume_args, timeout=120)
@@ -167,9 +174,7 @@ def test_reliability_resume_after_the_last_trial_only_does_the_bookkeeping(site,
         first.kill()
     finally:
         first.close()
-    resume_args = shlex.split(started.split("continue with: ")[1])[2:]
-    experiment = Path(resume_args[1])
-    parent_id = json.loads((experiment / RESUME_FILE).read_text())["parent_run_id"]
+    resume_args, experiment, parent_id = _resume_target(started)
     parent = client.get_run(parent_id)
     assert "best_value" not in parent.data.metrics, "the driver got past its last trial"
     children = {r for r in _run_ids(client, parent.info.experiment_id) if r != parent_id}

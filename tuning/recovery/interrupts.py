@@ -15,6 +15,8 @@ import sys
 import threading
 from typing import Callable
 
+from tuning.tracking import output
+
 
 class StudyInterrupted(KeyboardInterrupt):
     """A stop that arrived once the study had runs; `closed`: they were marked KILLED
@@ -94,8 +96,7 @@ class CancelWatch:
 
     def check(self) -> None:
         if self._cancel_requested is not None and self._cancel_requested():
-            print("[themetune] the study was cancelled: stopping.", file=sys.stderr,
-                  flush=True)
+            output.warn("the study was cancelled: stopping.")
             raise KeyboardInterrupt
 
     def on_phase(self, phase: str) -> None:
