@@ -140,10 +140,14 @@ def _database_from_env() -> tuple[dict, str]:
     raw = os.environ.get("DATABASE_URL")
     if raw is not None and not raw.strip():
         return {"ENGINE": "django.db.backends.dummy"}, "DATABASE_URL is set but empty"
+    conn_max_age = os.environ.get("DJANGO_CONN_MAX_AGE", "0")
+    if not conn_max_age.strip().isdigit():   # not to be told as a bad DATABASE_URL below
+        _refuse_setting(f"DJANGO_CONN_MAX_AGE must be a whole number of seconds (got "
+                        f"{conn_max_age[:40]!r}). Fix: set DJANGO_CONN_MAX_AGE=0, or unset it.")
     try:
         return dj_database_url.config(
             default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
-            conn_max_age=int(os.environ.get("DJANGO_CONN_MAX_AGE", "0")),
+            conn_max_age=int(conn_max_age),
             # A study's driver runs for hours; a dropped server connection should be
             # noticed and reopened rather than failing every later write.
             conn_health_checks=True,
