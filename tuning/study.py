@@ -20,6 +20,8 @@ from tuning.recovery import lease, resume as resume_files
 from tuning.data.augment import AugmentSettings
 from tuning.config import StudyConfig
 from tuning.data import PreparedData, PreprocessSettings, prepare_data
+from tuning.data.mode import DataMode, choose_mode
+from tuning.data.shards import ShardedData, prepare_shards, shard_root
 from tuning.errors import (ConfigError, MetricError, Reported, StorageError, StudyStoppedError,
                            ThemeError, ThemetuneError)
 from tuning.recovery.interrupts import (PHASE_RAY_STARTED, PHASE_STUDY_STARTED, StopRequest,
@@ -43,7 +45,7 @@ class StudyFailedError(StudyStoppedError):
 class StudyPlan:
     config: StudyConfig
     theme: ThemeSpec
-    data: PreparedData
+    data: PreparedData | ShardedData
     study_name: str
     storage_url: str | None
     storage: optuna.storages.BaseStorage | None
@@ -51,6 +53,7 @@ class StudyPlan:
     stored_trials: int = 0
     # ImageNet state dicts by architecture, for the trials that start pretrained
     imagenet_states: dict[str, Any] = field(default_factory=dict)
+    data_mode: DataMode | None = None
 
 
 @dataclass
@@ -121,9 +124,10 @@ def _check_batch_sizes(config: StudyConfig, data: PreparedData) -> None:
 def prepare_study(config: StudyConfig, theme: ThemeSpec, *, study_name: str | None = None,
                   storage_url: str | None = None, progress=None,
                   dry_run: bool = False) -> StudyPlan:
-    """Every check the run can fail on before Ray or MLflow start. A dry run passes
+    """Every check the run can fail on before anything is recorded. A dry run passes
     exactly what the run accepts, and creates nothing: a storage file or MLflow store
-    that does not exist yet is only checked to be creatable."""
+    that does not exist yet is only checked to be creatable. Ray starts here only for
+    a real run that must build streaming shards (decoded by tasks across the cluster)."""
     _check_theme_fits(config, theme)
     lease.stale_after_s()   # read only when a lease is found: a bad value is told now
     name = study_name or config.study.name
@@ -135,9 +139,9 @@ def prepare_study(config: StudyConfig, theme: ThemeSpec, *, study_name: str | No
     progress = progress or output.say
     # Before the data: a missing weights file is the quicker mistake to report.
     imagenet_states = load_study_weights(config, progress=progress)
-    data = prepare_data(theme, preprocess_settings(config.params),
-                        cache_dir=Path(config.infra.cache_dir), progress=progress,
-                        store=not dry_run)
+    mode = data_mode(config, theme)
+    progress(f"data path: {mode.mode} ({mode.reason})")
+    data = _prepare(config, theme, mode, progress=progress, dry_run=dry_run)
     _check_batch_sizes(config, data)
     optuna_storage = open_storage(storage_url, create=not dry_run)
     distributions = to_distributions(config.space)
@@ -146,7 +150,29 @@ def prepare_study(config: StudyConfig, theme: ThemeSpec, *, study_name: str | No
     return StudyPlan(config=config, theme=theme, data=data, study_name=name,
                      storage_url=storage_url, storage=optuna_storage,
                      distributions=distributions,
-                     stored_trials=stored, imagenet_states=imagenet_states)
+                     stored_trials=stored, imagenet_states=imagenet_states, data_mode=mode)
+
+
+def data_mode(config: StudyConfig, theme: ThemeSpec) -> DataMode:
+    settings = preprocess_settings(config.params)
+    side = settings.input_size
+    return choose_mode(config.params.data.mode,
+                       items=len(theme.samples) * settings.patches_per_image,
+                       item_bytes=settings.channels * side * side,
+                       gpu_per_trial=config.infra.resources.gpu)
+
+
+def _prepare(config: StudyConfig, theme: ThemeSpec, mode: DataMode, *, progress,
+             dry_run: bool) -> PreparedData | ShardedData:
+    settings = preprocess_settings(config.params)
+    if not mode.streaming:
+        return prepare_data(theme, settings, cache_dir=Path(config.infra.cache_dir),
+                            progress=progress, store=not dry_run)
+    root = shard_root(config.infra.ray.storage_path, config.infra.cache_dir)
+    if not dry_run:
+        _start_ray(config)
+    return prepare_shards(theme, settings, root=root, progress=progress, store=not dry_run,
+                          use_ray=not dry_run)
 
 
 def _parent_params(plan: StudyPlan) -> dict[str, Any]:
@@ -162,6 +188,7 @@ def _parent_params(plan: StudyPlan) -> dict[str, Any]:
         "scheduler": c.infra.scheduler.model_dump() if c.infra.scheduler.type != "none" else "none",
         "n_train": len(plan.data.train.labels), "n_valid": len(plan.data.valid.labels),
         "n_test": len(plan.data.test.labels), "skipped_unreadable": len(plan.data.skipped),
+        "data_mode": plan.data.mode,
     }
     for name, spec in describe(c.space).items():
         params[f"space.{name}"] = spec
@@ -417,6 +444,8 @@ def _build_tuner(run: _StudyRun, searcher: StudySearch, trainable):
 def _new_tuner(plan: StudyPlan, trainable, searcher, scheduler, callback, experiment_path: str):
     from ray import tune
 
+    from tuning.tracking.callbacks import file_loggers
+
     config = plan.config
     storage_path, name = experiment_path.rsplit("/", 1)
     return tune.Tuner(
@@ -431,7 +460,10 @@ def _new_tuner(plan: StudyPlan, trainable, searcher, scheduler, callback, experi
             # worker; only the driver talks to MLflow.
             reuse_actors=True),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage_path, callbacks=[callback], verbose=0,
+            name=name, storage_path=storage_path, verbose=0,
+            # Tune's per-trial log files out: their copy at every snapshot grew with
+            # the trials done (tuning.tracking.callbacks.file_loggers).
+            callbacks=[callback, *file_loggers()],
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=config.infra.checkpoint.num_to_keep),
             failure_config=tune.FailureConfig(max_failures=config.infra.failure.max_failures)))

@@ -50,7 +50,11 @@ def child_runs(client: MlflowClient, outcome):
 
 
 def test_study_structure_in_mlflow(ray_local, mlflow_uri, tmp_path, digits_theme, capsys):
-    folder = tiny_config_files(tmp_path / "configs", n_trials=3, epochs=2)
+    # On the streaming data path (shards decoded by Ray tasks); the other studies here
+    # run resident, the default for a theme this small.
+    folder = tiny_config_files(tmp_path / "configs", n_trials=3, epochs=2, params={
+        "training": {"run_name": "tiny_run"},
+        "data": {"image_size": 16, "channels": 1, "mode": "streaming"}})
     recorder = ListRecorder()
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"  # read back below, as optuna-dashboard does
     outcome = run(folder, digits_theme, recorder=recorder, storage_url=storage,
@@ -65,6 +69,9 @@ def test_study_structure_in_mlflow(ray_local, mlflow_uri, tmp_path, digits_theme
     assert parent.info.status == "FINISHED"
     assert parent.data.params["direction"] == "maximize"
     assert parent.data.params["n_trials"] == "3"
+    assert parent.data.params["data_mode"] == "streaming"
+    assert len(list((tmp_path / "configs/ray_results/themetune_cache").glob(
+        "*.shards/images-*.npy"))) == 1
     assert "space.training.learning_rate" in parent.data.params
 
     # One child per trial, named trial_{optuna number}, tagged with parent and Ray ids.
@@ -136,6 +143,8 @@ def test_study_structure_in_mlflow(ray_local, mlflow_uri, tmp_path, digits_theme
 
     out = capsys.readouterr().out
     assert "[themetune] trials 3/3 done" in out
+    assert "data path: streaming (data.mode: streaming" in out
+    assert "with Ray tasks on 1 node" in out
 
 
 def test_persistent_storage_continues_and_refuses_other_direction(ray_local, mlflow_uri,

@@ -81,6 +81,9 @@ class TrainingSection(Strict):
     num_workers: int = Field(default=0, ge=0, le=MAX_NUM_WORKERS)
     momentum: float = Field(default=0.9, ge=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0)
+    # At most this many batches per epoch (None: the whole train split): epochs of a
+    # theme too large to pass over between two validations.
+    steps_per_epoch: int | None = Field(default=None, ge=1, le=MAX_COUNT)
 
 
 class SplitRatio(Strict):
@@ -105,6 +108,9 @@ class DataSection(Strict):
     image_size: int = Field(default=32, ge=8, le=1024)
     channels: Literal[1, 3] = 3
     skip_unreadable: bool = False
+    # resident: the decoded theme in memory (the object store, or the GPU); streaming:
+    # batches read from preprocessed shards; auto picks by size (tuning.data.mode).
+    mode: Literal["auto", "resident", "streaming"] = "auto"
 
 
 class BrightnessCorrection(Strict):

@@ -104,6 +104,7 @@ class PreparedData:
     skipped: tuple[str, ...]     # unreadable paths that were skipped (only with skip_unreadable)
     cache_key: str
     from_cache: bool
+    mode = "resident"   # the streaming path's counterpart: tuning.data.shards.ShardedData
 
 
 def prepare_data(theme: ThemeSpec, settings: PreprocessSettings, *, cache_dir: Path,

@@ -102,11 +102,13 @@ def description(class_names: tuple[str, ...], preprocessing: Preprocessing) -> s
             f"{preprocessing.describe()}")
 
 
-def checkpoint_stats(state: dict, train_images: np.ndarray) -> tuple[list[float], list[float]]:
+def checkpoint_stats(state: dict, train_images: np.ndarray | None) -> tuple[list[float], list[float]]:
     """The normalization a trial trained with: saved in its checkpoint, or recomputed
     from the training split for checkpoints written before they were saved."""
     if "mean" in state and "std" in state:
         return list(state["mean"]), list(state["std"])
+    if train_images is None:
+        raise ValueError("this checkpoint carries no normalization statistics")
     from tuning.trial.trainable import channel_stats
 
     mean, std = channel_stats(torch.from_numpy(np.ascontiguousarray(train_images)))

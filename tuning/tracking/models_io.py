@@ -21,7 +21,10 @@ class ModelLogger:
         """The trial's network weights, its params and the preprocessing to ship."""
         params = self.plan.config.trial_params(record.params)
         state = self._checkpoint_state(record.checkpoint_path)
-        mean, std = model_package.checkpoint_stats(state, self.plan.data.train.images)
+        # Streaming data has no train array to recompute from; its checkpoints all
+        # carry their statistics.
+        train_images = getattr(self.plan.data.train, "images", None)
+        mean, std = model_package.checkpoint_stats(state, train_images)
         preprocessing = model_package.preprocessing_of(self.preprocess, mean=mean, std=std)
         return state["model"], params, preprocessing
 

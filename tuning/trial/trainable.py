@@ -1,9 +1,9 @@
 """The function each Ray Tune trial runs: train one ResNet and report every epoch.
 
-The data arrive once per study through Ray's object store (tune.with_parameters), as
-uint8 arrays; they move to the trial's device once and stay there, and batches are
-normalized and augmented on the device. Nothing here reads the database or decodes
-an image, so a worker node needs neither.
+The data arrive once per study through Ray's object store (tune.with_parameters): the
+split's uint8 arrays (resident) or the list of shard items (streaming); batches come
+from tuning.trial.batches and are normalized and augmented on the device. Nothing here
+reads the database or decodes an image, so a worker node needs neither.
 """
 
 from __future__ import annotations
@@ -11,19 +11,19 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from ray import tune
 
 from theme_classifier.preprocess import network_input, standardize, to_unit
 from tuning.data.augment import AugmentSettings, augment_batch
-from tuning.data import PreparedData, Split
+from tuning.data import PreparedData
+from tuning.data.shards import ShardedData
+from tuning.trial.batches import DeviceSplit, StreamSplit, channel_stats, stats_from_sums
 from tuning.trial.memory_cap import GIB, TrialOutOfMemoryError, is_out_of_memory, memory_cap
 from tuning.trial.model import build_model, freeze_backbone, set_train_mode
 from tuning.config.params import TrainingParams, params_with_sample
@@ -82,61 +82,12 @@ def _fused_supported(model: torch.nn.Module) -> bool:
                for p in model.parameters())
 
 
-class DeviceSplit:
-    """One split as uint8 on the device, normalized per batch (4x less memory than float)."""
-
-    def __init__(self, split: Split, device: torch.device):
-        self.images = _on_device(split.images, device)
-        self.labels = _on_device(split.labels, device)
-        n_sources = len(np.unique(split.sources)) if len(split.sources) else 0
-        self.patches_per_image = len(split.sources) // n_sources if n_sources else 1
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-
-def _on_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    if device.type == "cpu":
-        # Arrays from the object store are read-only shared memory that every trial on
-        # the node maps; the trial gets its own writable copy.
-        return torch.from_numpy(np.array(array, copy=True))
-    # To a GPU the transfer is the copy: a host copy first would only cost time and, with
-    # k trials sharing a GPU, k extra copies of the theme in host memory.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(array).to(device)
-
-
-def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and (sample) std of uint8 training images in [0, 1], shaped
-    (1, C, 1, 1) for broadcasting.
-
-    From a 256-bin histogram per channel rather than a float copy of the split: the copy
-    is 4x the split's memory (a large theme would not fit next to it on a GPU) and cost
-    0.9 s of a trial's start at 14,000 32 px RGB images on one CPU thread, the histogram
-    0.07 s (bench.data). Sums in float64, so the values match the float32 mean/std.
-    """
-    channels = images.shape[1]
-    count = images.numel() // max(channels, 1)
-    levels = torch.arange(256, dtype=torch.float64, device=images.device) / 255
-    means, stds = [], []
-    for c in range(channels):
-        hist = torch.bincount(images[:, c].reshape(-1), minlength=256).to(torch.float64)
-        mean = (hist * levels).sum() / max(count, 1)
-        var = (hist * (levels - mean) ** 2).sum() / max(count - 1, 1)
-        means.append(mean)
-        stds.append(var.sqrt())
-    mean = torch.stack(means).to(torch.float32).reshape(1, channels, 1, 1)
-    std = torch.stack(stds).to(torch.float32).reshape(1, channels, 1, 1).clamp_min(1e-3)
-    return mean, std
-
-
-def evaluate(model: torch.nn.Module, split: DeviceSplit, mean, std) -> tuple[float, float]:
+def evaluate(model: torch.nn.Module, split, mean, std) -> tuple[float, float]:
     loss, acc, _ = _evaluate(model, split, mean, std, per_image=False)
     return loss, acc
 
 
-def evaluate_test(model: torch.nn.Module, split: DeviceSplit, mean, std) -> dict[str, float]:
+def evaluate_test(model: torch.nn.Module, split, mean, std) -> dict[str, float]:
     """The final test metrics, with the accuracy per source image that the shipped
     model gives (patch probabilities averaged per image)."""
     patches = split.patches_per_image > 1
@@ -145,17 +96,15 @@ def evaluate_test(model: torch.nn.Module, split: DeviceSplit, mean, std) -> dict
             "test_image_acc": image_acc if patches else acc}
 
 
-def _evaluate(model, split: DeviceSplit, mean, std, *, per_image: bool):
+def _evaluate(model, split, mean, std, *, per_image: bool):
     model.eval()
-    device = split.images.device
+    device = split.labels.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     probabilities = []
     with torch.inference_mode():
-        for start in range(0, len(split), EVAL_BATCH):
-            x = network_input(split.images[start:start + EVAL_BATCH], mean, std)
-            y = split.labels[start:start + EVAL_BATCH]
-            logits = model(x)
+        for images, y in split.batches(None, EVAL_BATCH):
+            logits = model(network_input(images, mean, std))
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
             correct += (logits.argmax(dim=1) == y).sum()
             if per_image:
@@ -167,7 +116,7 @@ def _evaluate(model, split: DeviceSplit, mean, std, *, per_image: bool):
     return loss_sum.item() / n, correct.item() / n, image_acc
 
 
-def _image_accuracy(probabilities: torch.Tensor, split: DeviceSplit) -> float:
+def _image_accuracy(probabilities: torch.Tensor, split) -> float:
     # Patches of one image are consecutive (data._build_splits), as the model cuts them.
     k = split.patches_per_image
     per_image = probabilities.reshape(-1, k, probabilities.shape[1]).mean(dim=1)
@@ -175,34 +124,37 @@ def _image_accuracy(probabilities: torch.Tensor, split: DeviceSplit) -> float:
     return (per_image.argmax(dim=1) == labels).float().mean().item() if len(labels) else 0.0
 
 
-def train_epoch(model, optimizer, split: DeviceSplit, mean, std, *, batch_size: int,
-                augments: AugmentSettings | None, generator: torch.Generator) -> tuple[float, float]:
+def train_epoch(model, optimizer, split, mean, std, *, batch_size: int,
+                augments: AugmentSettings | None, generator: torch.Generator,
+                max_steps: int | None = None) -> tuple[float, float]:
+    """One pass over a random order of the split (a DeviceSplit or StreamSplit), or
+    over its first `max_steps` batches (training.steps_per_epoch)."""
     set_train_mode(model)
-    device = split.images.device
-    order = torch.randperm(len(split), generator=generator).to(device)
+    device = split.labels.device
+    order = torch.randperm(len(split), generator=generator)
+    if max_steps is not None:
+        order = order[:max_steps * batch_size]
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
-    for start in range(0, len(split), batch_size):
-        idx = order[start:start + batch_size]
-        if idx.numel() < 2:
+    for images, y in split.batches(order, batch_size):
+        if y.numel() < 2:
             # BatchNorm cannot train on a single image; one leftover image is skipped.
             continue
-        x = to_unit(split.images[idx])
+        x = to_unit(images)
         if augments is not None:
             # Photometric augments work on [0, 1] values, so they come before normalizing.
             x = augment_batch(x, augments)
         x = standardize(x, mean, std)
-        y = split.labels[idx]
         logits = model(x)
         loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         # Accumulate on the device: a .item() per step would sync host and GPU.
-        loss_sum += loss.detach() * idx.numel()
+        loss_sum += loss.detach() * y.numel()
         correct += (logits.detach().argmax(dim=1) == y).sum()
-        seen += idx.numel()
+        seen += y.numel()
     train_loss = loss_sum.item() / max(seen, 1)
     if not math.isfinite(train_loss):
         raise NonFiniteLossError(f"training loss became {train_loss} "
@@ -223,7 +175,8 @@ def load_state_dict(folder: Path) -> dict[str, Any]:
     return torch.load(folder / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
 
 
-def train_trial(config: dict[str, Any], *, data: PreparedData, settings: TrialSettings) -> None:
+def train_trial(config: dict[str, Any], *, data: PreparedData | ShardedData,
+                settings: TrialSettings) -> None:
     params = TrainingParams.model_validate(params_with_sample(settings.base, config))
     cap = int(settings.memory_gb * GIB) if settings.memory_gb else None
     try:
@@ -258,7 +211,8 @@ def _imagenet_state(params: TrainingParams, settings: TrialSettings
     return state
 
 
-def _train(params: TrainingParams, data: PreparedData, settings: TrialSettings) -> None:
+def _train(params: TrainingParams, data: PreparedData | ShardedData,
+           settings: TrialSettings) -> None:
     torch.set_num_threads(max(1, int(settings.cpus)))
     device = pick_device()
     if device.type == "cuda":
@@ -280,15 +234,17 @@ def _train(params: TrainingParams, data: PreparedData, settings: TrialSettings) 
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = int(state["epoch"])
 
-    train, valid, test = (DeviceSplit(s, device) for s in (data.train, data.valid, data.test))
-    mean, std = channel_stats(train.images)
+    train, valid, test = open_splits(data, device)
+    mean, std = (stats_from_sums(data.train_sums, device) if isinstance(data, ShardedData)
+                 else channel_stats(train.images))
     generator = torch.Generator().manual_seed(params.data.seed + start_epoch)
     node_id = _node_id()
     epochs = params.training.num_epochs
     for epoch in range(start_epoch, epochs):
         train_loss, train_acc = train_epoch(
             model, optimizer, train, mean, std, batch_size=params.training.batch_size,
-            augments=settings.augments, generator=generator)
+            augments=settings.augments, generator=generator,
+            max_steps=params.training.steps_per_epoch)
         valid_loss, valid_acc = evaluate(model, valid, mean, std)
         metrics: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss,
                                    "train_acc": train_acc, "valid_loss": valid_loss,
@@ -299,6 +255,14 @@ def _train(params: TrainingParams, data: PreparedData, settings: TrialSettings) 
         with tempfile.TemporaryDirectory() as folder:
             save_checkpoint(Path(folder), model, optimizer, epoch + 1, mean=mean, std=std)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def open_splits(data: PreparedData | ShardedData, device: torch.device) -> tuple:
+    """train, valid and test as the data path gives them (tuning.trial.batches)."""
+    splits = (data.train, data.valid, data.test)
+    if isinstance(data, ShardedData):
+        return tuple(StreamSplit(s, data, device) for s in splits)
+    return tuple(DeviceSplit(s, device) for s in splits)
 
 
 def _node_id() -> str:
