@@ -66,6 +66,24 @@ def test_demo_configs_are_small():
     assert config.params.data.image_size <= 32
 
 
+def test_large_theme_configs_stream_224_px_with_capped_epochs():
+    config = load(ROOT / "configs" / "large", theme_id=1)
+    assert config.params.data.mode == "streaming"
+    assert (config.params.data.image_size, config.params.data.channels) == (224, 3)
+    assert config.params.training.steps_per_epoch == 25
+
+
+def test_data_mode_and_steps_per_epoch_are_checked(config_dir):
+    edit(config_dir, "params.yaml", lambda d: d.setdefault("data", {}).update(mode="stream"))
+    with pytest.raises(ConfigError, match="data.mode"):
+        load(config_dir)
+    edit(config_dir, "params.yaml", lambda d: d["data"].update(mode="resident"))
+    edit(config_dir, "params.yaml", lambda d: d.setdefault("training", {}).update(
+        steps_per_epoch=0))
+    with pytest.raises(ConfigError, match="steps_per_epoch"):
+        load(config_dir)
+
+
 def test_int_param_with_step_and_log_fields(config_dir):
     edit(config_dir, "optuna_params.yaml", lambda d: d["params_to_tune"].update({
         "training.num_epochs": {"type": "int", "low": 1, "high": 5, "step": 2},

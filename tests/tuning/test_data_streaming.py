@@ -150,3 +150,11 @@ def test_the_shard_root_is_on_the_shared_storage_unless_that_is_a_bucket(tmp_pat
     assert shard_root(str(tmp_path / "results"), "cache") == (
         tmp_path / "results" / "themetune_cache")
     assert shard_root("s3://bucket/x", str(tmp_path / "c")) == tmp_path / "c"
+
+
+def test_a_node_without_the_media_root_stops_the_build_with_the_fix(theme, ray_local):
+    import tuning.data.shards as shards_module
+
+    with pytest.raises(DataError, match="is not mounted on node .*every node"):
+        shards_module._decode_with_ray([[theme.samples[0].path]], [None], BASE,
+                                       lambda line: None, "/nonexistent/media")

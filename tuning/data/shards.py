@@ -111,7 +111,8 @@ def prepare_shards(theme: ThemeSpec, settings: PreprocessSettings, *, root: Path
     build = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:16]}-", dir=_made(root))) if store \
         else None
     try:
-        reasons, s1, s2 = _decode_to_shards(paths, settings, build, report, use_ray=use_ray)
+        reasons, s1, s2 = _decode_to_shards(paths, settings, build, report, use_ray=use_ray,
+                                            media_root=theme.media_root)
         index = _index(theme, labels, reasons, s1, s2, settings)
         if build is None:
             return _sharded(index, theme, settings, key, None, from_cache=False)
@@ -196,9 +197,19 @@ def shard_file(folder: str | Path, number: int) -> Path:
     return Path(folder) / f"images-{number:05d}.npy"
 
 
-def decode_shard(paths: list[str], settings: PreprocessSettings, out: str | None):
+class MediaRootMissingError(FileNotFoundError):
+    """A node that decodes a shard does not see the theme's media root."""
+
+
+def decode_shard(paths: list[str], settings: PreprocessSettings, out: str | None,
+                 media_root: str | None = None):
     """Decode one shard's images; write them to `out` (when given) and return, per image,
     the reason it could not be read (or None) and its per-patch channel sums."""
+    if media_root is not None and not os.path.isdir(media_root):
+        # Otherwise every file of the shard would read as missing, and with
+        # skip_unreadable which images a study trains on would depend on the node.
+        raise MediaRootMissingError(f"media root {media_root} is not mounted on node "
+                                    f"{os.uname().nodename}")
     images, reasons = _decode_chunk(paths, settings)
     if out is not None:
         tmp = f"{out}.tmp-{os.getpid()}"
@@ -226,11 +237,15 @@ def patch_sums(images: np.ndarray, settings: PreprocessSettings):
     return s1, s2
 
 
-def _decode_to_shards(paths, settings, build: Path | None, report: Progress, *, use_ray: bool):
+def _decode_to_shards(paths, settings, build: Path | None, report: Progress, *, use_ray: bool,
+                      media_root: str):
     chunks = [paths[i:i + SHARD_IMAGES] for i in range(0, len(paths), SHARD_IMAGES)]
     outs = [str(shard_file(build, k)) if build is not None else None
             for k in range(len(chunks))]
-    results = (_decode_with_ray if use_ray else _decode_here)(chunks, outs, settings, report)
+    if use_ray:
+        results = _decode_with_ray(chunks, outs, settings, report, media_root)
+    else:
+        results = _decode_here(chunks, outs, settings, report)
     reasons = [why for chunk_reasons, _, _ in results for why in chunk_reasons]
     s1 = np.concatenate([r[1] for r in results])
     s2 = np.concatenate([r[2] for r in results])
@@ -253,16 +268,17 @@ def _decode_here(chunks, outs, settings, report: Progress) -> list:
     return results
 
 
-def _decode_with_ray(chunks, outs, settings, report: Progress) -> list:
+def _decode_with_ray(chunks, outs, settings, report: Progress, media_root: str) -> list:
     """One task per shard, spread over the nodes; progress as they finish."""
     import ray
+    from ray.exceptions import RayTaskError
 
     remote = ray.remote(num_cpus=1, scheduling_strategy="SPREAD", max_retries=2)(decode_shard)
     nodes = len([n for n in ray.nodes() if n.get("Alive")])
     total = sum(map(len, chunks))
     report(f"decoding {total} images into {len(chunks)} shards with Ray tasks on "
            f"{nodes} node{'s' * (nodes > 1)}")
-    pending = {remote.remote(chunk, settings, out): k for k, (chunk, out)
+    pending = {remote.remote(chunk, settings, out, media_root): k for k, (chunk, out)
                in enumerate(zip(chunks, outs))}
     results: list = [None] * len(chunks)
     done = 0
@@ -270,7 +286,17 @@ def _decode_with_ray(chunks, outs, settings, report: Progress) -> list:
         ready, _ = ray.wait(list(pending), num_returns=1)
         for ref in ready:
             k = pending.pop(ref)
-            results[k] = ray.get(ref)
+            try:
+                results[k] = ray.get(ref)
+            except RayTaskError as exc:
+                if not isinstance(exc.cause, MediaRootMissingError):
+                    raise
+                for other in pending:
+                    ray.cancel(other)
+                raise DataError(f"{exc.cause}: the nodes decode the theme's images "
+                                f"themselves in streaming mode.",
+                                fix="mount the media root at the same path on every node, "
+                                    "or set data.mode: resident.") from None
             done += len(chunks[k])
             _progress(report, done, total, len(chunks), len(chunks) - len(pending))
     return results

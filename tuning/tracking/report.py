@@ -17,8 +17,6 @@ def print_dry_run(plan) -> None:
           f"test {len(data.test.labels)} at {c.params.input_size} px"
           f"{' (from cache)' if data.from_cache else ''}"
           f"{f', {len(data.skipped)} unreadable skipped' if data.skipped else ''}")
-    if plan.data_mode is not None:
-        print(f"data path: {plan.data_mode.mode} ({plan.data_mode.reason})")
     print(f"study '{plan.study_name}': {c.study.direction} {c.study.metric}, "
           f"{c.study.n_trials} trials, timeout {c.study.timeout or 'none'}, "
           f"storage {redact_url(plan.storage_url) or 'in memory'}"
