@@ -36,7 +36,7 @@ mlflow: install
 
 # Each benchmark prints its table and, as its last line, one JSON object; a failing one
 # does not stop the others, but makes the target fail. packing skips without a GPU.
-BENCHES := loop data overhead time_to_accuracy packing
+BENCHES := loop data overhead time_to_accuracy packing scale
 
 bench: install
 	@status=0; for b in $(BENCHES); do echo "== bench.$$b"; \

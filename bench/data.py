@@ -91,7 +91,7 @@ def first_batch_probe(config: dict[str, Any], *, data, settings) -> None:
     spans: dict[str, float] = {}
     box: dict[str, Any] = {}
     originals = {"build_model": tt.build_model, "DeviceSplit": tt.DeviceSplit,
-                 "channel_stats": tt.channel_stats}
+                 "stats_from_sums": tt.stats_from_sums}
 
     def timed(name, fn):
         def wrapper(*args, **kwargs):
@@ -115,7 +115,7 @@ def first_batch_probe(config: dict[str, Any], *, data, settings) -> None:
 
     tt.build_model = timed("build_model", build_model)
     tt.DeviceSplit = timed("DeviceSplit x3 (copy to device)", originals["DeviceSplit"])
-    tt.channel_stats = timed("channel_stats", originals["channel_stats"])
+    tt.stats_from_sums = timed("stats_from_sums", originals["stats_from_sums"])
     try:
         tt.train_trial(config, data=data, settings=settings)
     except FirstBatch:

@@ -53,7 +53,8 @@ def make_variants(split, *, device, model_name: str, num_classes: int, in_channe
     from tuning.data import Split
     from tuning.trial.model import build_model
     from tuning.config.params import TrainingParams
-    from tuning.trial.trainable import DeviceSplit, channel_stats, make_optimizer, train_epoch
+    from tuning.trial.batches import channel_stats
+    from tuning.trial.trainable import DeviceSplit, make_optimizer, train_epoch
 
     if limit is not None and limit < len(split.labels):
         split = Split(images=split.images[:limit], labels=split.labels[:limit],

@@ -59,7 +59,8 @@ def packed_trial(config: dict[str, Any]) -> None:
     from tuning.data import Split
     from tuning.trial.model import build_model
     from tuning.config.params import TrainingParams
-    from tuning.trial.trainable import DeviceSplit, channel_stats, make_optimizer, train_epoch
+    from tuning.trial.batches import channel_stats
+    from tuning.trial.trainable import DeviceSplit, make_optimizer, train_epoch
 
     torch.set_num_threads(1)
     torch.backends.cudnn.benchmark = True

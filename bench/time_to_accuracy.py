@@ -98,8 +98,8 @@ def train_original_trial(plan, params, device, record: Callable[[int, float], No
 
     from tuning.study import augment_settings
     from tuning.trial.model import build_model
-    from tuning.trial.trainable import (DeviceSplit, channel_stats, evaluate, make_optimizer,
-                                        train_epoch)
+    from tuning.trial.batches import channel_stats
+    from tuning.trial.trainable import DeviceSplit, evaluate, make_optimizer, train_epoch
 
     torch.manual_seed(params.data.seed)
     model = build_model(params.model.name, num_classes=plan.theme.num_classes,

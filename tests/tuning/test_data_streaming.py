@@ -158,3 +158,9 @@ def test_a_node_without_the_media_root_stops_the_build_with_the_fix(theme, ray_l
     with pytest.raises(DataError, match="is not mounted on node .*every node"):
         shards_module._decode_with_ray([[theme.samples[0].path]], [None], BASE,
                                        lambda line: None, "/nonexistent/media")
+
+
+def test_evaluation_batches_hold_a_fixed_number_of_pixels():
+    from tuning.trial.trainable import eval_batch_size
+
+    assert [eval_batch_size(side) for side in (16, 64, 224, 1024)] == [512, 512, 41, 2]

@@ -29,9 +29,10 @@ from pathlib import Path
 import numpy as np
 
 from tuning import storage
-from tuning.data import (PreprocessSettings, Progress, SPLIT_NAMES, _assign_splits,
-                         _check_class_sizes, _content_key, _decode_chunk, _listing,
-                         _read_text, _stat_inside_root, _stat_key, _write_atomic_text)
+from tuning.data import (SPLIT_NAMES, ChannelSums, PreprocessSettings, Progress,
+                         _assign_splits, _check_class_sizes, _content_key, _decode_chunk,
+                         _listing, _read_text, _stat_inside_root, _stat_key,
+                         _write_atomic_text)
 from tuning.data.theme import ThemeSpec
 from tuning.errors import DataError
 
@@ -51,15 +52,6 @@ class ShardSplit:
 
     def __len__(self) -> int:
         return len(self.labels)
-
-
-@dataclass(frozen=True)
-class ChannelSums:
-    """Exact integer sums over a split's pixels, per channel: the normalization every
-    path computes from (tuning.trial.batches.stats_from_sums)."""
-    s1: tuple[int, ...]
-    s2: tuple[int, ...]
-    count: int
 
 
 @dataclass(frozen=True)

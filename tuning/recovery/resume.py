@@ -215,7 +215,9 @@ def restore_tuner(experiment_path: str, trainable, *, searcher, scheduler, callb
                            "tuning/recovery/resume.py:restore_tuner needs updating")
     internal._tune_config.search_alg = searcher
     internal._tune_config.scheduler = scheduler
-    internal._run_config.callbacks = [callback]
+    from tuning.tracking.callbacks import file_loggers
+
+    internal._run_config.callbacks = [callback, *file_loggers()]
     return tuner
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from tuning.numbers import is_finite_number
@@ -47,6 +47,9 @@ class StudyLedger:
         self.trials: dict[str, TrialRecord] = {}
         self.started = time.time()
         self.metrics_seen: set[str] = set()
+        # Tune snapshots the ledger after every trial checkpoint (num_to_keep): the state
+        # of a decided trial is built once, not at every snapshot of a growing study.
+        self._decided_states: dict[str, tuple[tuple, dict[str, Any]]] = {}
 
     def add(self, record: TrialRecord) -> None:
         self.trials[record.ray_trial_id] = record
@@ -85,11 +88,25 @@ class StudyLedger:
     # study knows each trial's Optuna number, child run and logged epochs.
 
     def to_state(self) -> dict[str, Any]:
-        return {"trials": [_record_state(r) for r in self.trials.values()],
+        return {"trials": [self._state_of(r) for r in self.trials.values()],
                 "started": self.started, "metrics_seen": sorted(self.metrics_seen)}
+
+    def _state_of(self, record: TrialRecord) -> dict[str, Any]:
+        if record.state not in FINAL_STATES:
+            return _record_state(record)
+        # What can still change once decided: its model (logged in the background), a
+        # checkpoint found after a resume, the fields a reconcile sets.
+        key = (record.state, record.value, record.error, record.ended,
+               record.checkpoint_path, record.model_uri, len(record.epochs_logged))
+        cached = self._decided_states.get(record.ray_trial_id)
+        if cached is None or cached[0] != key:
+            cached = (key, _record_state(record))
+            self._decided_states[record.ray_trial_id] = cached
+        return cached[1]
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.trials = {}
+        self._decided_states = {}
         for data in state["trials"]:
             data = dict(data, epochs_logged=set(data["epochs_logged"]))
             self.add(TrialRecord(**data))
@@ -98,7 +115,10 @@ class StudyLedger:
 
 
 def _record_state(record: TrialRecord) -> dict[str, Any]:
-    data = asdict(record)
+    # Not dataclasses.asdict: it deep-copies the whole last result before it is cut.
+    # Tune pickles the state at once; params are flat names -> values.
+    data = {f.name: getattr(record, f.name) for f in fields(record)}
+    data["params"] = dict(record.params)
     data["epochs_logged"] = sorted(record.epochs_logged)
     # The last result is kept for its metrics only: Tune's auto-filled fields (config,
     # hostnames, timings) would only grow every snapshot.

@@ -26,8 +26,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from tuning.data import Split
-from tuning.data.shards import SHARD_IMAGES, ChannelSums, ShardedData, ShardSplit, shard_file
+from tuning.data import ChannelSums, Split
+from tuning.data.shards import SHARD_IMAGES, ShardedData, ShardSplit, shard_file
 
 # Batches read ahead of the one in use: enough to hide a read behind a step, and at most
 # this many batches of host memory.
@@ -86,6 +86,10 @@ class DeviceSplit:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    @property
+    def side(self) -> int:
+        return int(self.images.shape[-1])
 
     def batches(self, order: torch.Tensor | None, batch_size: int) -> Iterator[Batch]:
         """(images, labels) per batch: of `order`'s items, or in split order when None."""
@@ -182,6 +186,10 @@ class StreamSplit:
 
     def __len__(self) -> int:
         return len(self.split)
+
+    @property
+    def side(self) -> int:
+        return self.reader.patch or self.reader.shape[-1]
 
     def _load(self, items: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         images = torch.from_numpy(self.reader.read(self.split.sources[items],

@@ -23,13 +23,21 @@ from theme_classifier.preprocess import network_input, standardize, to_unit
 from tuning.data.augment import AugmentSettings, augment_batch
 from tuning.data import PreparedData
 from tuning.data.shards import ShardedData
-from tuning.trial.batches import DeviceSplit, StreamSplit, channel_stats, stats_from_sums
+from tuning.trial.batches import DeviceSplit, StreamSplit, stats_from_sums
 from tuning.trial.memory_cap import GIB, TrialOutOfMemoryError, is_out_of_memory, memory_cap
 from tuning.trial.model import build_model, freeze_backbone, set_train_mode
 from tuning.config.params import TrainingParams, params_with_sample
 
 CHECKPOINT_FILE = "checkpoint.pt"
+# Evaluation batches hold a fixed number of pixels, not of images: 512 images at 64 px,
+# 41 at 224 px. Activations grow with pixels, and 512 images at 224 px took a CPU
+# trial's peak memory past 3 GiB (the first convolution's output alone is 1.6 GB).
 EVAL_BATCH = 512
+EVAL_PIXELS = EVAL_BATCH * 64 * 64
+
+
+def eval_batch_size(side: int) -> int:
+    return max(1, min(EVAL_BATCH, EVAL_PIXELS // (side * side)))
 
 
 class NonFiniteLossError(RuntimeError):
@@ -103,7 +111,7 @@ def _evaluate(model, split, mean, std, *, per_image: bool):
     correct = torch.zeros((), device=device, dtype=torch.long)
     probabilities = []
     with torch.inference_mode():
-        for images, y in split.batches(None, EVAL_BATCH):
+        for images, y in split.batches(None, eval_batch_size(split.side)):
             logits = model(network_input(images, mean, std))
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
             correct += (logits.argmax(dim=1) == y).sum()
@@ -235,8 +243,7 @@ def _train(params: TrainingParams, data: PreparedData | ShardedData,
         start_epoch = int(state["epoch"])
 
     train, valid, test = open_splits(data, device)
-    mean, std = (stats_from_sums(data.train_sums, device) if isinstance(data, ShardedData)
-                 else channel_stats(train.images))
+    mean, std = stats_from_sums(data.train_sums, device)
     generator = torch.Generator().manual_seed(params.data.seed + start_epoch)
     node_id = _node_id()
     epochs = params.training.num_epochs

@@ -1,0 +1,137 @@
+"""The driver's per-trial costs cut for bench.overhead (issue 13): models logged off
+Tune's event loop but all before the study ends, Tune's per-result log files off,
+ledger snapshots of decided trials built once."""
+
+from __future__ import annotations
+
+import pickle
+import threading
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import tiny_config_files
+from tuning.config import ConfigFiles, Overrides, load_study_config
+from tuning.study import prepare_study, run_study
+from tuning.tracking import ledger as ledger_module
+from tuning.tracking.callbacks import ModelQueue
+from tuning.tracking.ledger import COMPLETE, RUNNING, StudyLedger, TrialRecord
+from tuning.tracking.models_io import ModelLogger
+from tuning.tracking.progress import ProgressDisplay
+
+
+def _run(folder: Path, theme):
+    config = load_study_config(ConfigFiles.in_folder(folder), Overrides(theme_id=theme.id))
+    return run_study(prepare_study(config, theme), progress=ProgressDisplay(min_interval_s=0))
+
+
+def _children(client: MlflowClient, outcome):
+    return client.search_runs(
+        [outcome.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{outcome.parent_run_id}'")
+
+
+@pytest.mark.ray
+def test_models_logged_off_the_event_loop_all_before_the_study_ends(
+        ray_local, mlflow_uri, tmp_path, digits_theme, monkeypatch):
+    threads = []
+    original = ModelLogger.log_trial_model
+
+    def log_trial_model(self, record):
+        threads.append(threading.current_thread().name)
+        original(self, record)
+
+    monkeypatch.setattr(ModelLogger, "log_trial_model", log_trial_model)
+    folder = tiny_config_files(tmp_path / "configs", n_trials=3, epochs=2)
+    outcome = _run(folder, digits_theme)
+
+    assert outcome.counts[COMPLETE] == 3
+    assert threads == ["themetune-model-log"] * 3
+    client = MlflowClient(mlflow_uri)
+    children = _children(client, outcome)
+    assert len(children) == 3
+    for child in children:
+        # Ended after its model was logged: a FINISHED run holds its model.
+        assert child.info.status == "FINISHED"
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert "trial_config.yaml" in artifacts
+
+    # Tune's per-result files are off; params.json (read by a resume) is on the storage.
+    trial_folders = [p for p in (folder / "ray_results").glob("*/*") if p.is_dir()
+                     and (p / "params.json").exists()]
+    assert len(trial_folders) == 3
+    for trial_folder in trial_folders:
+        assert not (trial_folder / "result.json").exists()
+        assert not (trial_folder / "progress.csv").exists()
+        assert not list(trial_folder.glob("events.out.tfevents*"))
+
+
+@pytest.mark.ray
+def test_failed_model_log_still_fails_the_study(ray_local, mlflow_uri, tmp_path, digits_theme,
+                                                 monkeypatch):
+    def log_trial_model(self, record):
+        raise RuntimeError("artifact store full")
+
+    monkeypatch.setattr(ModelLogger, "log_trial_model", log_trial_model)
+    folder = tiny_config_files(tmp_path / "configs", n_trials=2, epochs=1)
+    with pytest.raises(Exception, match="artifact store full"):
+        _run(folder, digits_theme)
+    client = MlflowClient(mlflow_uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert children
+    # No trial run claims a model it does not hold.
+    assert all(r.info.status != "FINISHED" for r in children)
+
+
+_LOGGED: list[int] = []
+
+
+def _log_model(record):   # module level: the queue is pickled with it
+    if record.number == 1:
+        raise ValueError("boom")
+    _LOGGED.append(record.number)
+
+
+def test_model_queue_pickles_and_raises_errors_on_the_caller():
+    done = _LOGGED
+    done.clear()
+    models = ModelQueue(_log_model)
+    records = [TrialRecord(ray_trial_id=str(n), number=n, params={}) for n in range(3)]
+    for record in records:
+        record.state = COMPLETE
+        models.submit(record, then=lambda: None)
+    copy = pickle.loads(pickle.dumps(models))   # Tune pickles its callbacks
+    models.join()
+    assert done == [0, 2]
+    assert records[1].state == RUNNING   # closed KILLED at the study's end
+    with pytest.raises(ValueError, match="boom"):
+        models.raise_error()
+    models.raise_error()   # raised once
+    copy.submit(records[0], then=lambda: None)
+    copy.join()
+    assert done == [0, 2, 0]
+
+
+def test_ledger_snapshot_builds_a_decided_trial_once(monkeypatch):
+    built = []
+    original = ledger_module._record_state
+    monkeypatch.setattr(ledger_module, "_record_state",
+                        lambda record: built.append(record.number) or original(record))
+    ledger = StudyLedger(metric="test_acc", direction="maximize", n_trials=3)
+    done = TrialRecord(ray_trial_id="a", number=0, params={"x": 1}, state=COMPLETE, value=0.5,
+                       last_result={"test_acc": 0.5, "config": {"big": "x" * 1000}})
+    running = TrialRecord(ray_trial_id="b", number=1, params={"x": 2})
+    ledger.add(done)
+    ledger.add(running)
+    for _ in range(3):
+        state = ledger.to_state()
+    assert built.count(0) == 1 and built.count(1) == 3
+    assert state["trials"][0]["last_result"] == {"test_acc": 0.5}
+    # A model logged later (in the background) still reaches the next snapshot.
+    done.model_uri = "models:/m-1"
+    assert ledger.to_state()["trials"][0]["model_uri"] == "models:/m-1"
+    restored = StudyLedger(metric="test_acc", direction="maximize", n_trials=3)
+    restored.load_state(pickle.loads(pickle.dumps(ledger.to_state())))
+    assert restored.get("a").model_uri == "models:/m-1" and restored.get("b").state == RUNNING
