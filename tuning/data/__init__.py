@@ -150,15 +150,7 @@ def prepare_data(theme: ThemeSpec, settings: PreprocessSettings, *, cache_dir: P
     sizes = [st.st_size for st in stats if st is not None]
     threaded = bool(sizes) and sum(sizes) / len(sizes) >= _THREADED_MIN_MEAN_BYTES
     images, reasons = _decode_all(paths, settings, report, threaded=threaded)
-    unreadable = [(path, why) for path, why in zip(paths, reasons) if why is not None]
-    if unreadable and not settings.skip_unreadable:
-        listed = _listing([f"{path} ({why})" for path, why in unreadable], sep="; ")
-        raise DataError(
-            f"every image of theme '{theme.name}' must be a readable image file; "
-            f"{len(unreadable)} cannot be read: {listed}.",
-            fix="remove it or set data.skip_unreadable: true.")
-    ok = np.array([why is None for why in reasons])
-    assignment = _assign_splits(labels, ok, settings, theme.class_names)
+    ok, assignment = assign_readable(theme, labels, reasons, settings)
     arrays = _build_splits(images, labels, assignment, settings)
     arrays["skipped_sources"] = np.flatnonzero(~ok).astype(np.int64)
     if store:
@@ -289,6 +281,22 @@ def _decode_chunk(paths: list[str], settings: PreprocessSettings):
 
 
 # --- splitting --------------------------------------------------------------------------
+
+def assign_readable(theme: ThemeSpec, labels: np.ndarray, reasons: list[str | None],
+                    settings: PreprocessSettings) -> tuple[np.ndarray, np.ndarray]:
+    """The split of every readable source image (-1: skipped), or DataError when an
+    image cannot be read and skipping was not asked for."""
+    unreadable = [(sample.path, why) for sample, why in zip(theme.samples, reasons)
+                  if why is not None]
+    if unreadable and not settings.skip_unreadable:
+        listed = _listing([f"{path} ({why})" for path, why in unreadable], sep="; ")
+        raise DataError(
+            f"every image of theme '{theme.name}' must be a readable image file; "
+            f"{len(unreadable)} cannot be read: {listed}.",
+            fix="remove it or set data.skip_unreadable: true.")
+    ok = np.array([why is None for why in reasons])
+    return ok, _assign_splits(labels, ok, settings, theme.class_names)
+
 
 def _check_class_sizes(labels: np.ndarray, ok: np.ndarray, settings: PreprocessSettings,
                        class_names: tuple[str, ...]) -> None:

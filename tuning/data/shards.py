@@ -30,9 +30,8 @@ import numpy as np
 
 from tuning import storage
 from tuning.data import (SPLIT_NAMES, ChannelSums, PreprocessSettings, Progress,
-                         _assign_splits, _check_class_sizes, _content_key, _decode_chunk,
-                         _listing, _read_text, _stat_inside_root, _stat_key,
-                         _write_atomic_text)
+                         _check_class_sizes, _content_key, _decode_chunk, _read_text,
+                         _stat_inside_root, _stat_key, _write_atomic_text, assign_readable)
 from tuning.data.theme import ThemeSpec
 from tuning.errors import DataError
 
@@ -132,16 +131,7 @@ def _publish(build: Path, folder: Path) -> None:
 
 
 def _index(theme, labels, reasons, s1, s2, settings) -> dict[str, np.ndarray]:
-    unreadable = [(theme.samples[i].path, why) for i, why in enumerate(reasons)
-                  if why is not None]
-    if unreadable and not settings.skip_unreadable:
-        listed = _listing([f"{path} ({why})" for path, why in unreadable], sep="; ")
-        raise DataError(
-            f"every image of theme '{theme.name}' must be a readable image file; "
-            f"{len(unreadable)} cannot be read: {listed}.",
-            fix="remove it or set data.skip_unreadable: true.")
-    ok = np.array([why is None for why in reasons])
-    assignment = _assign_splits(labels, ok, settings, theme.class_names)
+    _, assignment = assign_readable(theme, labels, reasons, settings)
     return {"labels": labels, "assignment": assignment, "s1": s1, "s2": s2}
 
 

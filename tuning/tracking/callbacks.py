@@ -311,7 +311,21 @@ def file_loggers() -> list:
     return [_ParamsFile(), _NoCsvFile(), _NoEventFile()]
 
 
-class _ParamsFile(JsonLoggerCallback):
+class _WritesNothing:
+    """The logger methods Tune calls, as no-ops (mixed in before Tune's logger class, so
+    that Tune still sees a logger of that kind and adds none of its own)."""
+
+    def log_trial_start(self, trial) -> None:
+        pass
+
+    def log_trial_result(self, iteration: int, trial, result: dict) -> None:
+        pass
+
+    def log_trial_end(self, trial, failed: bool = False) -> None:
+        pass
+
+
+class _ParamsFile(_WritesNothing, JsonLoggerCallback):
     def log_trial_start(self, trial) -> None:
         storage = trial.storage
         fs, folder = storage.storage_filesystem, storage.trial_fs_path
@@ -320,36 +334,14 @@ class _ParamsFile(JsonLoggerCallback):
         with fs.open_output_stream(f"{folder}/params.json") as out:
             out.write(text.encode())
 
-    def log_trial_result(self, iteration: int, trial, result: dict) -> None:
-        pass
 
-    def log_trial_end(self, trial, failed: bool = False) -> None:
-        pass
+class _NoCsvFile(_WritesNothing, CSVLoggerCallback):
+    pass
 
 
-class _NoCsvFile(CSVLoggerCallback):
-    def log_trial_start(self, trial) -> None:
-        pass
-
-    def log_trial_result(self, iteration: int, trial, result: dict) -> None:
-        pass
-
-    def log_trial_end(self, trial, failed: bool = False) -> None:
-        pass
-
-
-class _NoEventFile(TBXLoggerCallback):
+class _NoEventFile(_WritesNothing, TBXLoggerCallback):
     def __init__(self):
         pass  # theirs imports tensorboardX
-
-    def log_trial_start(self, trial) -> None:
-        pass
-
-    def log_trial_result(self, iteration: int, trial, result: dict) -> None:
-        pass
-
-    def log_trial_end(self, trial, failed: bool = False) -> None:
-        pass
 
 
 class ModelQueue:
