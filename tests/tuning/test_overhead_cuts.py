@@ -1,11 +1,10 @@
-"""The driver's per-trial costs cut for bench.overhead (issue 13): models logged off
-Tune's event loop but all before the study ends, Tune's per-result log files off,
-ledger snapshots of decided trials built once."""
+"""The driver's per-trial costs cut for bench.overhead (issue 13): Tune's per-result
+log files off (params.json, which a resume reads, kept), ledger snapshots of decided
+trials built once."""
 
 from __future__ import annotations
 
 import pickle
-import threading
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,6 @@ from tests.conftest import tiny_config_files
 from tuning.config import ConfigFiles, Overrides, load_study_config
 from tuning.study import prepare_study, run_study
 from tuning.tracking import ledger as ledger_module
-from tuning.tracking.callbacks import ModelQueue
 from tuning.tracking.ledger import COMPLETE, RUNNING, StudyLedger, TrialRecord
 from tuning.tracking.models_io import ModelLogger
 from tuning.tracking.progress import ProgressDisplay
@@ -33,26 +31,16 @@ def _children(client: MlflowClient, outcome):
 
 
 @pytest.mark.ray
-def test_models_logged_off_the_event_loop_all_before_the_study_ends(
-        ray_local, mlflow_uri, tmp_path, digits_theme, monkeypatch):
-    threads = []
-    original = ModelLogger.log_trial_model
-
-    def log_trial_model(self, record):
-        threads.append(threading.current_thread().name)
-        original(self, record)
-
-    monkeypatch.setattr(ModelLogger, "log_trial_model", log_trial_model)
+def test_tune_writes_no_per_result_files_and_every_model_is_logged(
+        ray_local, mlflow_uri, tmp_path, digits_theme):
     folder = tiny_config_files(tmp_path / "configs", n_trials=3, epochs=2)
     outcome = _run(folder, digits_theme)
 
     assert outcome.counts[COMPLETE] == 3
-    assert threads == ["themetune-model-log"] * 3
     client = MlflowClient(mlflow_uri)
     children = _children(client, outcome)
     assert len(children) == 3
     for child in children:
-        # Ended after its model was logged: a FINISHED run holds its model.
         assert child.info.status == "FINISHED"
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert "trial_config.yaml" in artifacts
@@ -85,35 +73,6 @@ def test_failed_model_log_still_fails_the_study(ray_local, mlflow_uri, tmp_path,
     assert all(r.info.status != "FINISHED" for r in children)
 
 
-_LOGGED: list[int] = []
-
-
-def _log_model(record):   # module level: the queue is pickled with it
-    if record.number == 1:
-        raise ValueError("boom")
-    _LOGGED.append(record.number)
-
-
-def test_model_queue_pickles_and_raises_errors_on_the_caller():
-    done = _LOGGED
-    done.clear()
-    models = ModelQueue(_log_model)
-    records = [TrialRecord(ray_trial_id=str(n), number=n, params={}) for n in range(3)]
-    for record in records:
-        record.state = COMPLETE
-        models.submit(record, then=lambda: None)
-    copy = pickle.loads(pickle.dumps(models))   # Tune pickles its callbacks
-    models.join()
-    assert done == [0, 2]
-    assert records[1].state == RUNNING   # closed KILLED at the study's end
-    with pytest.raises(ValueError, match="boom"):
-        models.raise_error()
-    models.raise_error()   # raised once
-    copy.submit(records[0], then=lambda: None)
-    copy.join()
-    assert done == [0, 2, 0]
-
-
 def test_ledger_snapshot_builds_a_decided_trial_once(monkeypatch):
     built = []
     original = ledger_module._record_state
@@ -129,7 +88,7 @@ def test_ledger_snapshot_builds_a_decided_trial_once(monkeypatch):
         state = ledger.to_state()
     assert built.count(0) == 1 and built.count(1) == 3
     assert state["trials"][0]["last_result"] == {"test_acc": 0.5}
-    # A model logged later (in the background) still reaches the next snapshot.
+    # A model logged after the trial was decided still reaches the next snapshot.
     done.model_uri = "models:/m-1"
     assert ledger.to_state()["trials"][0]["model_uri"] == "models:/m-1"
     restored = StudyLedger(metric="test_acc", direction="maximize", n_trials=3)

@@ -8,9 +8,7 @@ here, tagged with mlflow.parentRunId. A retried trial keeps its child run.
 from __future__ import annotations
 
 import json
-import queue
 import re
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -51,9 +49,6 @@ class StudyCallback(tune.Callback):
         self.recorder = recorder
         self.progress = progress
         self.log_model = log_model  # None: models are logged after the study, if at all
-        # A model takes ~1 s to package and log: on Tune's event loop it would hold back
-        # every other trial's report (Tune's report blocks until the driver took it).
-        self.models = ModelQueue(log_model) if log_model is not None else None
         # Ray trial ids whose child run a crash or stop ended: reopened when they resume.
         self._reopen: set[str] = set()
 
@@ -95,8 +90,6 @@ class StudyCallback(tune.Callback):
         # Tune's loop turns several times a second: a progress line still comes every
         # min_interval_s while no trial reports (a long epoch, a trial waiting for room).
         # The first line waits for the first trial, which says more than "0 running".
-        if self.models is not None:
-            self.models.raise_error()   # a failed model log stops the study, as before
         if self.ledger.trials:
             self.progress.update(self.ledger)
 
@@ -160,16 +153,9 @@ class StudyCallback(tune.Callback):
         if checkpoint is None:
             log.warning("Trial %d (%s): no checkpoint was saved; its model cannot be logged.",
                         record.number, trial.trial_id)
-        elif self.models is not None:
-            self._finish(record, COMPLETE, model_first=True)
-            return
+        elif self.log_model is not None:
+            self.log_model(record)
         self._finish(record, COMPLETE)
-
-    def on_experiment_end(self, trials: list, **info) -> None:
-        # Errors are raised by close_open_trials, which run_study calls next: raised
-        # here, Tune would only log them.
-        if self.models is not None:
-            self.models.join()
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         record = self.ledger.get(trial.trial_id)
@@ -195,10 +181,7 @@ class StudyCallback(tune.Callback):
 
     # -- helpers -----------------------------------------------------------------------
 
-    def _finish(self, record: TrialRecord, state: str, *, reason: str | None = None,
-                model_first: bool = False) -> None:
-        """model_first: the run ends after its model is logged, on the model thread, so
-        that a FINISHED child run always holds its model (resume relies on it)."""
+    def _finish(self, record: TrialRecord, state: str, *, reason: str | None = None) -> None:
         record.state = state
         record.error = reason
         record.ended = time.time()
@@ -206,15 +189,8 @@ class StudyCallback(tune.Callback):
         tags = {"optuna.trial_state": state}
         if reason:
             tags[END_REASON] = reason
-
-        def end_run() -> None:
-            mlflow_runs.set_tags(client, record.child_run_id, tags)
-            mlflow_runs.end_run(client, record.child_run_id, MLFLOW_STATUS[state])
-
-        if model_first:
-            self.models.submit(record, then=end_run)
-        else:
-            end_run()
+        mlflow_runs.set_tags(client, record.child_run_id, tags)
+        mlflow_runs.end_run(client, record.child_run_id, MLFLOW_STATUS[state])
         self.recorder.trial_finished(TrialEnd(number=record.number, state=state,
                                               value=record.value, error=reason))
         self.progress.update(self.ledger, force=True)
@@ -281,23 +257,10 @@ class StudyCallback(tune.Callback):
         self.recorder.trial_finished(TrialEnd(number=record.number, state=state,
                                               value=record.value, error=record.error))
 
-    def wait_for_models(self) -> None:
-        """Block until every queued model is logged; raise the first error of one."""
-        if self.models is not None:
-            self.models.join()
-            self.models.raise_error()
-
     def close_open_trials(self, state: str = KILLED, reason: str = "study stopped") -> None:
-        """At the end of a stopped study: trials still running end KILLED, not RUNNING.
-        Queued models are logged first; a failed one is raised after the closing."""
-        error = None
-        if self.models is not None:
-            self.models.join()
-            error = self.models.take_error()
+        """At the end of a stopped study: trials still running end KILLED, not RUNNING."""
         for record in self.ledger.open_trials():
             self._finish(record, state, reason=reason)
-        if error is not None:
-            raise error
 
 
 def file_loggers() -> list:
@@ -342,65 +305,6 @@ class _NoCsvFile(_WritesNothing, CSVLoggerCallback):
 class _NoEventFile(_WritesNothing, TBXLoggerCallback):
     def __init__(self):
         pass  # theirs imports tensorboardX
-
-
-class ModelQueue:
-    """Logs finished trials' models on one background thread, in order. A model whose
-    logging fails leaves its trial RUNNING (the study's end closes it KILLED, as when the
-    log ran inline) and its error is kept for the driver thread to raise."""
-
-    def __init__(self, log_model: Callable[[TrialRecord], None]):
-        self._log_model = log_model
-        self._reset()
-
-    def _reset(self) -> None:
-        self._queue: queue.Queue | None = None
-        self._lock = threading.Lock()
-        self._error: BaseException | None = None
-
-    # Tune pickles its callbacks (tuner.pkl): a thread or a queue does not pickle.
-    def __getstate__(self) -> dict[str, Any]:
-        return {"_log_model": self._log_model}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self._log_model = state["_log_model"]
-        self._reset()
-
-    def submit(self, record: TrialRecord, *, then: Callable[[], None]) -> None:
-        with self._lock:
-            if self._queue is None:
-                self._queue = queue.Queue()
-                threading.Thread(target=self._work, args=(self._queue,), daemon=True,
-                                 name="themetune-model-log").start()
-        self._queue.put((record, then))
-
-    def _work(self, jobs: queue.Queue) -> None:
-        while True:
-            record, then = jobs.get()
-            try:
-                self._log_model(record)
-                then()
-            except BaseException as exc:  # noqa: BLE001 - handed to the driver thread
-                record.state = RUNNING
-                log.error("Trial %d: logging its model failed: %r", record.number, exc)
-                with self._lock:
-                    self._error = self._error or exc
-            finally:
-                jobs.task_done()
-
-    def join(self) -> None:
-        if self._queue is not None:
-            self._queue.join()
-
-    def take_error(self) -> BaseException | None:
-        with self._lock:
-            error, self._error = self._error, None
-        return error
-
-    def raise_error(self) -> None:
-        error = self.take_error()
-        if error is not None:
-            raise error
 
 
 def _error_reason(trial) -> str:
