@@ -485,8 +485,14 @@ def _save_resume_info(run: _StudyRun) -> None:
 
 def _fit(tuner) -> None:
     """Tune's run under our stop handler; a stop asked for ends as KeyboardInterrupt."""
+    import logging
+
     from ray.tune.error import TuneError
 
+    # fit() ends by reading each trial's result.json or progress.csv, which this
+    # service no longer writes (tracking.callbacks.file_loggers): its warning per trial
+    # would say nothing true. MLflow and the ledger hold every result.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     with StopRequest() as stop:
         try:
             tuner.fit()
