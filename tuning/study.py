@@ -53,7 +53,6 @@ class StudyPlan:
     stored_trials: int = 0
     # ImageNet state dicts by architecture, for the trials that start pretrained
     imagenet_states: dict[str, Any] = field(default_factory=dict)
-    data_mode: DataMode | None = None
 
 
 @dataclass
@@ -139,9 +138,10 @@ def prepare_study(config: StudyConfig, theme: ThemeSpec, *, study_name: str | No
     progress = progress or output.say
     # Before the data: a missing weights file is the quicker mistake to report.
     imagenet_states = load_study_weights(config, progress=progress)
-    mode = data_mode(config, theme)
+    settings = preprocess_settings(config.params)
+    mode = data_mode(config, theme, settings)
     progress(f"data path: {mode.mode} ({mode.reason})")
-    data = _prepare(config, theme, mode, progress=progress, dry_run=dry_run)
+    data = _prepare(config, theme, settings, mode, progress=progress, dry_run=dry_run)
     _check_batch_sizes(config, data)
     optuna_storage = open_storage(storage_url, create=not dry_run)
     distributions = to_distributions(config.space)
@@ -150,11 +150,10 @@ def prepare_study(config: StudyConfig, theme: ThemeSpec, *, study_name: str | No
     return StudyPlan(config=config, theme=theme, data=data, study_name=name,
                      storage_url=storage_url, storage=optuna_storage,
                      distributions=distributions,
-                     stored_trials=stored, imagenet_states=imagenet_states, data_mode=mode)
+                     stored_trials=stored, imagenet_states=imagenet_states)
 
 
-def data_mode(config: StudyConfig, theme: ThemeSpec) -> DataMode:
-    settings = preprocess_settings(config.params)
+def data_mode(config: StudyConfig, theme: ThemeSpec, settings: PreprocessSettings) -> DataMode:
     side = settings.input_size
     return choose_mode(config.params.data.mode,
                        items=len(theme.samples) * settings.patches_per_image,
@@ -162,9 +161,8 @@ def data_mode(config: StudyConfig, theme: ThemeSpec) -> DataMode:
                        gpu_per_trial=config.infra.resources.gpu)
 
 
-def _prepare(config: StudyConfig, theme: ThemeSpec, mode: DataMode, *, progress,
-             dry_run: bool) -> PreparedData | ShardedData:
-    settings = preprocess_settings(config.params)
+def _prepare(config: StudyConfig, theme: ThemeSpec, settings: PreprocessSettings,
+             mode: DataMode, *, progress, dry_run: bool) -> PreparedData | ShardedData:
     if not mode.streaming:
         return prepare_data(theme, settings, cache_dir=Path(config.infra.cache_dir),
                             progress=progress, store=not dry_run)

@@ -23,13 +23,14 @@ import os
 import shutil
 import tempfile
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from tuning import storage
-from tuning.data import (SPLIT_NAMES, ChannelSums, PreprocessSettings, Progress,
+from tuning.data import (_DECODE_WORKERS, SPLIT_NAMES, ChannelSums, PreprocessSettings, Progress,
                          _check_class_sizes, _content_key, _decode_chunk, _read_text,
                          _stat_inside_root, _stat_key, _write_atomic_text, assign_readable)
 from tuning.data.theme import ThemeSpec
@@ -164,8 +165,7 @@ def _sharded(index, theme: ThemeSpec, settings: PreprocessSettings, key: str,
     side = settings.input_size
     sums = ChannelSums(s1=tuple(int(v) for v in s1), s2=tuple(int(v) for v in s2),
                        count=len(train) * side * side)
-    skipped = tuple(theme.samples[i].path for i in np.flatnonzero(index["assignment"] < 0)
-                    if i < len(theme.samples))
+    skipped = tuple(theme.samples[i].path for i in np.flatnonzero(index["assignment"] < 0))
     return ShardedData(**splits, class_names=theme.class_names, skipped=skipped,
                        cache_key=key, from_cache=from_cache,
                        folder=str(folder) if folder is not None else None,
@@ -235,10 +235,6 @@ def _decode_to_shards(paths, settings, build: Path | None, report: Progress, *, 
 
 
 def _decode_here(chunks, outs, settings, report: Progress) -> list:
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tuning.data import _DECODE_WORKERS
-
     total, done, results = sum(map(len, chunks)), 0, []
     report(f"decoding {total} images into {len(chunks)} shards in this process")
     with ThreadPoolExecutor(_DECODE_WORKERS) as pool:

@@ -94,8 +94,8 @@ class StudyLedger:
     def _state_of(self, record: TrialRecord) -> dict[str, Any]:
         if record.state not in FINAL_STATES:
             return _record_state(record)
-        # What can still change once decided: its model (logged in the background), a
-        # checkpoint found after a resume, the fields a reconcile sets.
+        # What can still change once decided: its model (logged after the trial's end),
+        # a checkpoint found after a resume, the fields a reconcile sets.
         key = (record.state, record.value, record.error, record.ended,
                record.checkpoint_path, record.model_uri, len(record.epochs_logged))
         cached = self._decided_states.get(record.ray_trial_id)
