@@ -1,4 +1,4 @@
-# themetune: make install | demo | test | mlflow | bench
+# themetune: make install | demo | test | test-fast | lint | web | mlflow | bench
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 DEMO_CONFIGS := configs/demo
 
-.PHONY: install demo test mlflow bench bench-quick clean postgres
+.PHONY: install demo test test-fast lint mlflow bench bench-quick clean postgres
 
 install: $(STAMP)
 
@@ -28,11 +28,22 @@ demo: install
 	theme_id=$$($(PY) manage.py import_demo_theme --exist-ok | tail -n 1) && \
 	$(PY) launch.py --configs $(DEMO_CONFIGS) --theme-id $$theme_id
 
-test: install browser postgres
+# The whole suite, what CI runs: lint first (seconds), then every test.
+test: install browser postgres lint
 	$(PY) -m pytest
 
+# The edit-test loop: unit and in-process tests only (no Ray, browser, multi-node
+# cluster, PostgreSQL or other slow test); a few minutes on 2 cores.
+FAST := not ray and not browser and not cluster and not postgres and not slow
+test-fast: install
+	$(PY) -m pytest -q -m "$(FAST)"
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+MLFLOW_PORT ?= 5001
 mlflow: install
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5001
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 # Each benchmark prints its table and, as its last line, one JSON object; a failing one
 # does not stop the others, but makes the target fail. packing skips without a GPU.
@@ -52,18 +63,22 @@ clean:
 # ---------------------------------------------------------------- web UI
 .PHONY: web browser messages
 
-# The web UI on 127.0.0.1:8000 with the embedded defaults (SQLite db.sqlite3, MLflow in
-# mlflow.db, a local Ray per study). First run: migrates, imports the demo digits theme,
+# The web UI on 127.0.0.1:$(WEB_PORT) (`make web WEB_PORT=8001` to move it) with the
+# embedded defaults (SQLite db.sqlite3, MLflow in mlflow.db, a local Ray per study); its
+# MLflow links point at `make mlflow`'s port unless MLFLOW_UI_URL is set. First run: migrates, imports the demo digits theme,
 # and asks for the first (admin) user on a terminal. The studies' watchdog (watch_studies)
 # runs beside the server and stops with it.
 # Development mode for this target only: web/settings.py defaults to production (DEBUG
 # off, HTTPS redirect, collectstatic's files, DJANGO_SECRET_KEY required to serve).
+WEB_PORT ?= 8000
+MLFLOW_UI_URL ?= http://127.0.0.1:$(MLFLOW_PORT)
 web: export DJANGO_DEBUG := true
+web: export MLFLOW_UI_URL := $(MLFLOW_UI_URL)
 web: install
 	$(PY) manage.py migrate --noinput -v 0
 	$(PY) manage.py web_setup --demo-theme
 	$(PY) manage.py watch_studies & watcher=$$!; trap 'kill $$watcher' EXIT INT TERM; \
-	  $(PY) manage.py runserver 127.0.0.1:8000
+	  $(PY) manage.py runserver 127.0.0.1:$(WEB_PORT)
 
 # Debian's chromium for the browser tests (Playwright's own browser download does not
 # work here), and a Japanese font so that the Japanese pages' screenshots show text,

@@ -25,8 +25,6 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIGS = REPO / "configs" / "demo"
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 
 # --- reporting --------------------------------------------------------------------------

@@ -102,7 +102,7 @@ def packed_trial(config: dict[str, Any]) -> None:
             images += n
         elapsed = time.perf_counter() - t0
         out[f"img_s_b{batch}"] = images / elapsed
-        del model, optimizer, data
+        model = optimizer = data = None   # frees the GPU memory before the next batch size
         torch.cuda.empty_cache()
     out.update({"train_loss": 0.0, "train_acc": 0.0, "valid_loss": 0.0, "valid_acc": 0.0,
                 "test_loss": 0.0, "test_acc": 0.0})
@@ -166,12 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     warmup = args.warmup or (5.0 if args.quick else 10.0)
     import ray
 
-    from tuning.cluster import PACKAGE_DIR
-
     ray.init(address="local", num_gpus=1 if device == "cuda" else 0,
              num_cpus=max(max(ks) + 1, os.cpu_count() or 1),
-             include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(PACKAGE_DIR.parent)}})
+             include_dashboard=False, log_to_driver=False)
     agg: dict[int, dict[int, float]] = {}
     try:
         for k in ks:

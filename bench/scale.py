@@ -161,10 +161,10 @@ def ray_connect(spec: dict[str, Any]) -> None:
     import ray
 
     # _node_ip_address: the head's address, which in loopback mode is not the one Ray
-    # would guess for this process (127.0.0.1); PYTHONPATH: workers import bench and
-    # tuning from this checkout (the editable install maps no packages).
+    # would guess for this process (127.0.0.1). Workers import bench and tuning as
+    # installed packages (`pip install -e .`).
     ray.init(address=spec["gcs"], _node_ip_address=spec["gcs"].rsplit(":", 1)[0],
-             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}}, log_to_driver=False)
+             log_to_driver=False)
 
 
 def child(spec: dict[str, Any]) -> dict[str, Any]:

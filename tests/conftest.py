@@ -10,11 +10,9 @@ import numpy as np
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from tuning.data.theme import Sample, ThemeSpec
 
-from tuning.data.theme import Sample, ThemeSpec  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_digits_folder(folder: Path, *, per_class: int, classes: int = 10) -> Path:
@@ -52,7 +50,7 @@ def make_site(folder: Path, images: Path, *, theme_name: str) -> dict:
            "DATABASE_URL": f"sqlite:///{folder / 'db.sqlite3'}",
            "MEDIA_ROOT": str(folder / "media"),
            "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}",
-           "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1"}
     for name in ("DJANGO_SETTINGS_MODULE", "MLFLOW_RUN_ID", "RAY_ADDRESS"):
         env.pop(name, None)
     manage = [sys.executable, str(ROOT / "manage.py")]
@@ -118,12 +116,9 @@ def ray_local():
     """One real local Ray cluster (2 CPUs) shared by the tests that run studies."""
     import ray
 
-    from tuning.cluster import PACKAGE_DIR
-
     if not ray.is_initialized():
         # address="local": never join a cluster some `ray start` left on the machine.
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": str(PACKAGE_DIR.parent)}})
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

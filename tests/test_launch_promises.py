@@ -44,12 +44,10 @@ from tests.conftest import make_site, tiny_config_files
 from tests.reliability.test_reliability_mlflow_outage import MlflowServer
 from tests.reliability.reliability_helpers import trials_done
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import launch
+from tuning.recovery.resume import RESUME_FILE
 
-import launch  # noqa: E402
-from tuning.recovery.resume import RESUME_FILE  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.ray
 

@@ -8,13 +8,11 @@ import os
 import uuid
 from pathlib import Path
 
+import theme_classifier
+import tuning
 from tuning.tracking import output
 from tuning.config.infra import RaySection
 from tuning.storage import is_remote_storage, local_storage_path
-
-PACKAGE_DIR = Path(__file__).resolve().parent
-# The trial imports the shipped model's preprocessing: workers need both packages.
-CLASSIFIER_DIR = PACKAGE_DIR.parent / "theme_classifier"
 
 
 def ensure_ray(section: RaySection) -> None:
@@ -27,19 +25,17 @@ def ensure_ray(section: RaySection) -> None:
     if joins_a_cluster(section):
         address = section.address or os.environ["RAY_ADDRESS"]
         # Inside a Ray job the job's working_dir already carries the code; a driver
-        # that joins a cluster by itself ships the tuning package to the workers.
-        runtime_env = None if in_ray_job() else {"py_modules": [str(PACKAGE_DIR),
-                                                               str(CLASSIFIER_DIR)]}
+        # that joins a cluster by itself ships the packages its trials import (the
+        # trial runs the shipped model's preprocessing, hence theme_classifier).
+        runtime_env = None if in_ray_job() else {"py_modules": [tuning, theme_classifier]}
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
         return
-    # Local workers start in Ray's session folder: point them at this checkout.
-    pythonpath = os.pathsep.join(p for p in (str(PACKAGE_DIR.parent),
-                                             os.environ.get("PYTHONPATH")) if p)
     # address="local" always starts a new cluster: a stale /tmp/ray/ray_current_cluster
-    # left by a crashed one would otherwise be joined and fail.
+    # left by a crashed one would otherwise be joined and fail. Its workers run this
+    # interpreter, so they import the installed packages (`pip install -e .`).
     ray.init(address="local", num_cpus=section.num_cpus, num_gpus=section.num_gpus,
              include_dashboard=True, dashboard_host=section.dashboard_host,
-             runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, log_to_driver=False)
+             log_to_driver=False)
 
 
 def _set_tune_flags() -> None:

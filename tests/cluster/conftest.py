@@ -151,7 +151,7 @@ def site(tmp_path_factory, digits_folder):
     env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE",
                                                            "MLFLOW_RUN_ID")}
     env.update(DATABASE_URL=f"sqlite:///{folder / 'db.sqlite3'}", MEDIA_ROOT=str(folder / "media"),
-               MLFLOW_TRACKING_URI=f"sqlite:///{folder / 'mlflow.db'}", PYTHONPATH=str(ROOT))
+               MLFLOW_TRACKING_URI=f"sqlite:///{folder / 'mlflow.db'}")
     manage = [str(PYTHON), str(ROOT / "manage.py")]
     subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], env=env, check=True, cwd=folder)
     out = subprocess.run([*manage, "import_theme", str(digits_folder), "--name", "cluster_digits"],

@@ -7,6 +7,7 @@ local.sh and submit.py."""
 from __future__ import annotations
 
 import copy
+import importlib.util
 import ipaddress
 import json
 import os
@@ -322,7 +323,10 @@ def test_dockerfile_builds_a_node_image_with_the_project():
     pip = next(i for i, (op, a) in enumerate(steps) if op == "RUN" and "pip install" in a)
     assert pip < first_code
     env = " ".join(args for op, args in steps if op == "ENV")
-    assert "RAY_AUTH_MODE=token" in env and "PYTHONPATH=/app" in env
+    assert "RAY_AUTH_MODE=token" in env and "PYTHONPATH" not in env
+    # The project is installed as packages once its code is in the image.
+    install = next(i for i, (op, a) in enumerate(steps) if op == "RUN" and "-e ." in a)
+    assert install > first_code
     assert "RAY_JOB_STOP_WAIT_TIME_S=60" in env
     users = [args for op, args in steps if op == "USER"]
     assert users and users[-1] not in ("root", "0")
@@ -470,11 +474,9 @@ def test_local_sh_is_valid_bash_with_safe_defaults():
 
 
 def test_submission_id_names_theme_and_study():
-    sys.path.insert(0, str(CLUSTER))
-    try:
-        import submit
-    finally:
-        sys.path.remove(str(CLUSTER))
+    spec = importlib.util.spec_from_file_location("submit", CLUSTER / "submit.py")
+    submit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(submit)
     import datetime as dt
 
     at = dt.datetime(2026, 1, 2, 3, 4, 5)

@@ -500,7 +500,7 @@ def test_import_stopped_midway_leaves_no_row_and_no_file(tmp_path, image_tree):
     database = _own_database(tmp_path)
     media = tmp_path / "media"
     env = dict(os.environ, DATABASE_URL=f"sqlite:///{database}", MEDIA_ROOT=str(media),
-               DJANGO_SETTINGS_MODULE="web.settings", PYTHONPATH=str(REPO))
+               DJANGO_SETTINGS_MODULE="web.settings")
 
     result = subprocess.run([sys.executable, "-c", _STOPPED_MIDWAY, str(image_tree)], cwd=REPO,
                             env=env, capture_output=True, text=True, timeout=60)

@@ -44,7 +44,7 @@ def test_reliability_postgres_down_mid_study_loses_no_record(digits_folder, tmp_
                if k not in ("DJANGO_SETTINGS_MODULE", "MLFLOW_RUN_ID", "RAY_ADDRESS")}
         env.update(DATABASE_URL=server.url, MEDIA_ROOT=str(tmp_path / "media"),
                    MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
-                   PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+                   PYTHONUNBUFFERED="1")
         manage = [sys.executable, str(ROOT / "manage.py")]
         subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], env=env, check=True,
                        cwd=tmp_path)

@@ -41,7 +41,7 @@ def refusal(configs: Path) -> ConfigError:
 def test_alias_bomb_exits_2_with_one_short_line(configs, tmp_path):
     # Six levels: half a million values, a 4 MB message before the bound existed.
     (configs / "params.yaml").write_text(alias_bomb(6))
-    env = {**os.environ, "PYTHONPATH": str(ROOT),
+    env = {**os.environ,
            "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     result = subprocess.run([sys.executable, str(ROOT / "launch.py"), "--theme-id", "1",

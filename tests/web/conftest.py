@@ -16,8 +16,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "web.settings")
 
 import django  # noqa: E402
@@ -28,11 +26,6 @@ from tests.conftest import tiny_config_files, write_digits_folder  # noqa: E402
 
 SCREENSHOTS = ROOT / "test-output" / "screenshots"
 PASSWORD = "tune-pass-123"
-
-
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers", "browser: drives Debian's chromium with Playwright (slow)")
 
 
 @pytest.fixture(autouse=True)

@@ -102,8 +102,7 @@ def production(tmp_path):
                DJANGO_ALLOWED_HOSTS="127.0.0.1",
                DJANGO_SECURE_PROXY_SSL_HEADER="true",
                DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
-               STATIC_ROOT=str(tmp_path / "static"), MEDIA_ROOT=str(tmp_path / "media"),
-               PYTHONPATH=str(ROOT))
+               STATIC_ROOT=str(tmp_path / "static"), MEDIA_ROOT=str(tmp_path / "media"))
     manage = [sys.executable, str(ROOT / "manage.py")]
     for command in (["migrate", "--noinput", "-v", "0"], ["collectstatic", "--noinput", "-v", "0"]):
         subprocess.run([*manage, *command], env=env, cwd=ROOT, check=True, timeout=300)
@@ -169,7 +168,7 @@ def test_collectstatic_then_gunicorn_serves_pages_and_whitenoise_static_files(pr
 def test_gunicorn_refuses_to_serve_without_a_secret_key():
     """The command line runs with a random per-process key; serving must not."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
-    env.update(DJANGO_SETTINGS_MODULE="web.settings", PYTHONPATH=str(ROOT))
+    env.update(DJANGO_SETTINGS_MODULE="web.settings")
     gunicorn = Path(sys.executable).parent / "gunicorn"
     result = subprocess.run([str(gunicorn), "web.wsgi", "--bind", f"127.0.0.1:{free_port()}",
                              "--workers", "1"], env=env, cwd=ROOT, capture_output=True,
