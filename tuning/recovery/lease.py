@@ -8,10 +8,18 @@ token and a heartbeat) from before it writes anything until it ends, and a drive
 that finds a live lease is refused (exit 2, naming the holder).
 
 A lease is stale, and taken over with a warning, when its process is gone (same host,
-and the pid is dead or now belongs to a process with another start time) or when its
-heartbeat is older than THEMETUNE_LEASE_STALE_S (default 120 s; the holder renews it
-every HEARTBEAT_S). The heartbeat compares clocks of two hosts: keep them within a
-fraction of that time.
+and the pid is dead or now belongs to a process with another start time) or, for a
+holder on another host only, when its heartbeat is older than THEMETUNE_LEASE_STALE_S
+(default 120 s; the holder renews it every HEARTBEAT_S). On its own host a holder whose
+pid still runs with the same start time is never stale, however old its heartbeat: a
+driver stopped (SIGSTOP) or asleep past that time is still alive and would die of a
+takeover. The heartbeat compares clocks of two hosts: keep them within a fraction of
+that time. A lease file that cannot be read is treated as held (LeaseUnreadableError):
+ignoring it could start a second driver.
+
+A driver checks it still holds its lease before its end steps (best model, registry;
+check_still_held): one paused past the stale time on another host and taken over meanwhile
+stops there, and the end steps never run twice at once.
 
 The file goes through tuning.storage (pyarrow), so the lease works on s3:// as on a
 local folder. Neither offers an atomic create-if-absent through pyarrow, so a driver
@@ -25,6 +33,7 @@ other token within HEARTBEAT_S and says so on stderr.
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import socket
@@ -33,7 +42,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from tuning import storage
-from tuning.errors import ThemetuneError
+from tuning.errors import LeaseHeldError, StudyStoppedError, ThemetuneError
 from tuning.processes import process_start_time
 from tuning.tracking import output
 
@@ -44,8 +53,12 @@ HEARTBEAT_S = 10.0
 SETTLE_S = 0.5
 
 
-class LeaseHeldError(ThemetuneError):
-    """Another live driver holds the study's experiment."""
+class LeaseUnreadableError(LeaseHeldError):
+    """The lease file is there but not a lease: treated as held, never ignored."""
+
+
+class LeaseLostError(StudyStoppedError):
+    """This driver's lease was taken over while it ran (exit 1: what finished is kept)."""
 
 
 @dataclass
@@ -65,6 +78,12 @@ def lease_path(experiment_path: str) -> str:
 
 
 def stale_after_s() -> float:
+    return _stale_setting()[0]
+
+
+def _stale_setting() -> tuple[float, str]:
+    """The stale time in seconds, and the setting as the user wrote it (for messages:
+    a rounded value would misstate a setting of 0.5)."""
     value = os.environ.get(STALE_ENV, "")
     try:
         seconds = float(value) if value else DEFAULT_STALE_S
@@ -74,19 +93,47 @@ def stale_after_s() -> float:
         raise ThemetuneError(f"{STALE_ENV} must be a number of seconds above 0 "
                              f"(got {value[:40]!r}).", key=STALE_ENV,
                              fix="set it to e.g. 120, or unset it.")
-    return seconds
+    return seconds, (value.strip() if value else f"{DEFAULT_STALE_S:g} (default)")
 
 
 def read_lease(experiment_path: str) -> LeaseRecord | None:
-    """The lease in the folder; None when there is none, or it is unreadable (a driver
-    killed mid-write leaves no half file: writes are moved into place)."""
+    """The lease in the folder; None when there is none. A file that is not a lease
+    raises LeaseUnreadableError: a driver killed mid-write leaves no half file (writes
+    are moved into place), so such a file was damaged or written by someone else, and
+    whether a driver runs is unknown."""
     path = lease_path(experiment_path)
     try:
         if not storage.exists(path):
             return None
-        return LeaseRecord(**json.loads(storage.read_bytes(path).decode("utf-8")))
-    except (OSError, ValueError, TypeError):
-        return None
+        data = storage.read_bytes(path)
+    except OSError as exc:
+        raise _unreadable_error(path, f"cannot read it: {exc}") from None
+    try:
+        fields = json.loads(data.decode("utf-8"))
+        record = LeaseRecord(**fields)
+        _check_types(record)
+    except (ValueError, TypeError) as exc:
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise _unreadable_error(path, f"not a lease ({reason})") from None
+    return record
+
+
+def _check_types(record: LeaseRecord) -> None:
+    if not (isinstance(record.host, str) and isinstance(record.pid_start, str)
+            and isinstance(record.token, str)
+            and isinstance(record.pid, int) and not isinstance(record.pid, bool)
+            and isinstance(record.heartbeat_at, (int, float))
+            and not isinstance(record.heartbeat_at, bool) and math.isfinite(record.heartbeat_at)
+            and record.pid > 0):
+        raise ValueError("a field has the wrong type")
+
+
+def _unreadable_error(path: str, reason: str) -> LeaseUnreadableError:
+    return LeaseUnreadableError(
+        f"the study's lease file is unreadable, {reason}; a driver may still run this "
+        f"study, so it is treated as held.", file=path,
+        fix="if no driver runs this study (check with ps on its host), delete the file "
+            "and run the command again.")
 
 
 def why_stale(record: LeaseRecord, *, now: float | None = None,
@@ -98,10 +145,13 @@ def why_stale(record: LeaseRecord, *, now: float | None = None,
             return f"its process {record.pid} is gone"
         if start != record.pid_start:
             return f"pid {record.pid} now belongs to another process"
+        # Alive on this host: its heartbeat says nothing more (a stopped or sleeping
+        # driver is behind on it, and still the holder).
+        return None
     age = (now if now is not None else time.time()) - record.heartbeat_at
-    limit = stale_s if stale_s is not None else stale_after_s()
+    limit, shown = (stale_s, f"{stale_s:g}") if stale_s is not None else _stale_setting()
     if age > limit:
-        return f"no heartbeat for {age:.0f} s (over {STALE_ENV}={limit:.0f})"
+        return f"no heartbeat for {age:.0f} s (over {STALE_ENV}={shown})"
     return None
 
 
@@ -134,6 +184,22 @@ def acquire(experiment_path: str, *, key: str = "--resume") -> "StudyLease":
     return lease
 
 
+def check_still_held(experiment_path: str) -> None:
+    """Raise LeaseLostError unless this process still holds the experiment's lease:
+    called before a driver's end steps, which must never run in two drivers at once."""
+    try:
+        current = read_lease(experiment_path)
+    except LeaseUnreadableError:
+        current = None
+    if current is None or not _is_mine(current):
+        holder = current.holder() if current is not None else "nobody (the file is gone or unreadable)"
+        raise LeaseLostError(
+            f"this driver no longer holds the lease of {experiment_path} (now: {holder}); "
+            f"it stops before the study's end steps so that they never run twice.",
+            fix="let the driver that took the study over finish it; if none runs, "
+                f"continue with: python launch.py --resume {experiment_path}")
+
+
 class StudyLease:
     """This driver's lease: renewed by a daemon thread until release()."""
 
@@ -156,7 +222,10 @@ class StudyLease:
         failing = False
         while not self._stop.wait(HEARTBEAT_S):
             try:
-                current = read_lease(self.experiment_path)
+                try:
+                    current = read_lease(self.experiment_path)
+                except LeaseUnreadableError:
+                    current = None   # damaged under our feet: ours to write again
                 if current is not None and current.token != self.record.token:
                     output.warn(f"the lease of {self.experiment_path} was taken over by "
                                 f"{current.holder()}; two drivers may now run this study.")
@@ -182,6 +251,8 @@ class StudyLease:
                 fs, fs_path = storage.filesystem(lease_path(self.experiment_path))
                 fs.delete_file(fs_path)
                 _remove_if_empty(fs, fs_path.rsplit("/", 1)[0])
+        except LeaseUnreadableError as exc:
+            output.warn(f"left the lease of {self.experiment_path} in place: {exc.one_line()}")
         except OSError as exc:
             output.warn(f"could not remove the lease of {self.experiment_path}: {exc}")
 
@@ -224,4 +295,5 @@ def _held_error(experiment_path: str, record: LeaseRecord, key: str) -> LeaseHel
         f"one driver at a time runs a study, and the driver {record.holder()} runs this one "
         f"(got {experiment_path}; its lease was renewed {age:.0f} s ago).", key=key,
         fix=f"wait for it to end or stop it (kill {record.pid} on {record.host}); a lease "
-            f"with no heartbeat for {STALE_ENV} seconds is taken over.")
+            f"whose process is gone is taken over, and one held from another host also "
+            f"when it has had no heartbeat for {STALE_ENV} seconds.")
