@@ -114,6 +114,16 @@ class DataError(ThemetuneError):
     """An image of the theme cannot be read, or the data cannot be split as asked."""
 
 
+class MediaRootMissingError(DataError):
+    """A node that decodes streaming shards does not see the theme's media root
+    (raised in a Ray task; tuning.data.shards re-raises it on the driver)."""
+
+
+class YamlLimitError(ConfigError):
+    """A YAML document past a bound of the config loader (tuning.config.yaml_loader):
+    too deep, too large once its aliases expand, or with a repeated key."""
+
+
 class StorageError(ThemetuneError):
     """An Optuna storage URL, study name or Tune storage path cannot be used."""
 

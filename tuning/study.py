@@ -19,9 +19,9 @@ from tuning import storage
 from tuning.recovery import lease, resume as resume_files
 from tuning.data.augment import AugmentSettings
 from tuning.config import StudyConfig
-from tuning.data import PreparedData, PreprocessSettings, prepare_data
+from tuning.data import PreprocessSettings, TrialData, prepare_data
 from tuning.data.mode import DataMode, choose_mode
-from tuning.data.shards import ShardedData, prepare_shards, shard_root
+from tuning.data.shards import prepare_shards, shard_root
 from tuning.errors import (ConfigError, MetricError, Reported, StorageError, StudyStoppedError,
                            ThemeError, ThemetuneError)
 from tuning.recovery.interrupts import (PHASE_RAY_STARTED, PHASE_STUDY_STARTED, StopRequest,
@@ -45,7 +45,7 @@ class StudyFailedError(StudyStoppedError):
 class StudyPlan:
     config: StudyConfig
     theme: ThemeSpec
-    data: PreparedData | ShardedData
+    data: TrialData
     study_name: str
     storage_url: str | None
     storage: optuna.storages.BaseStorage | None
@@ -105,7 +105,7 @@ def _check_theme_fits(config: StudyConfig, theme: ThemeSpec) -> None:
                          fix="import images of at least two classes.")
 
 
-def _check_batch_sizes(config: StudyConfig, data: PreparedData) -> None:
+def _check_batch_sizes(config: StudyConfig, data: TrialData) -> None:
     n_train = len(data.train.labels)
     sizes = [config.params.training.batch_size]
     spec = config.space.get("training.batch_size")
@@ -162,7 +162,7 @@ def data_mode(config: StudyConfig, theme: ThemeSpec, settings: PreprocessSetting
 
 
 def _prepare(config: StudyConfig, theme: ThemeSpec, settings: PreprocessSettings,
-             mode: DataMode, *, progress, dry_run: bool) -> PreparedData | ShardedData:
+             mode: DataMode, *, progress, dry_run: bool) -> TrialData:
     if not mode.streaming:
         return prepare_data(theme, settings, cache_dir=Path(config.infra.cache_dir),
                             progress=progress, store=not dry_run)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from django import forms
 from django.utils.translation import gettext_lazy as _
 
-from tuning.config.errors import MAX_YAML_BYTES
+from tuning.config.yaml_loader import MAX_YAML_BYTES
 from tuning.config.params import REPORTED_METRICS
 
 _NUMBER = {"inputmode": "decimal", "class": "num"}

@@ -17,7 +17,7 @@ import yaml
 
 from tuning.cluster import check_resources
 from tuning.config import ConfigFiles, Overrides, StudyConfig, load_study_config
-from tuning.config.errors import read_yaml
+from tuning.config.yaml_loader import read_yaml
 from tuning.errors import ConfigError
 from tuning.config.params import deep_merge
 

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import tuning.data as data
-from tuning.data import PreprocessSettings, prepare_data
+from tuning.data import PreprocessSettings, decode, keys, prepare_data
 from tuning.errors import DataError
 from tuning.data.theme import Sample, ThemeSpec
 
@@ -203,18 +202,18 @@ def test_images_are_resized_to_a_square(tmp_path):
 
 # --- cache ------------------------------------------------------------------------------
 
-def forbid(monkeypatch, *names):
-    for name in names:
+def forbid(monkeypatch, *functions):
+    for module, name in functions:
         def fail(*args, _name=name, **kwargs):
             raise AssertionError(f"{_name} must not run on a warm start")
-        monkeypatch.setattr(data, name, fail)
+        monkeypatch.setattr(module, name, fail)
 
 
 def test_second_call_loads_from_cache_without_decoding_or_hashing(tmp_path, monkeypatch):
     theme = make_theme(tmp_path / "media", {"a": 6, "b": 6})
     cold = prepare(theme)
     assert not cold.from_cache
-    forbid(monkeypatch, "_decode_chunk", "_content_key")
+    forbid(monkeypatch, (decode, "decode_chunk"), (keys, "content_key"))
     messages = []
     warm = prepare(theme, progress=messages.append)
     assert warm.from_cache and warm.cache_key == cold.cache_key
@@ -231,7 +230,7 @@ def test_touched_file_is_rehashed_and_still_hits_the_cache(tmp_path, monkeypatch
     path = theme.samples[0].path
     stat = os.stat(path)
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    forbid(monkeypatch, "_decode_chunk")
+    forbid(monkeypatch, (decode, "decode_chunk"))
     warm = prepare(theme)
     assert warm.from_cache and warm.cache_key == cold.cache_key
 
@@ -253,7 +252,7 @@ def test_failed_write_leaves_no_cache_entry(tmp_path, monkeypatch):
         Path(path).write_bytes(b"half an npz")
         raise OSError("disk full")
 
-    monkeypatch.setattr(data.np, "savez", crash)
+    monkeypatch.setattr(np, "savez", crash)
     with pytest.raises(OSError, match="disk full"):
         prepare_data(theme, BASE, cache_dir=cache)
     assert [p for p in cache.iterdir() if p.name != "by-stat"] == []
@@ -283,7 +282,7 @@ def test_damaged_cache_entry_is_rebuilt(tmp_path):
 
 
 def test_progress_is_reported_about_every_tenth(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_CHUNK", 25)
+    monkeypatch.setattr(decode, "_CHUNK", 25)
     theme = make_theme(tmp_path / "media", {"a": 250}, size=4)
     messages = []
     prepare(theme, progress=messages.append)
@@ -295,9 +294,9 @@ def test_threaded_decoding_gives_the_same_arrays(tmp_path, monkeypatch):
     theme = make_theme(tmp_path / "media", {"a": 12, "b": 12}, size=12)
     settings = replace(BASE, brightness="histogram_equalization")
     single_threaded = prepare(theme, settings)
-    monkeypatch.setattr(data, "_THREADED_MIN_MEAN_BYTES", 0)
-    monkeypatch.setattr(data, "_DECODE_WORKERS", 3)
-    monkeypatch.setattr(data, "_CHUNK", 5)
+    monkeypatch.setattr(decode, "_THREADED_MIN_MEAN_BYTES", 0)
+    monkeypatch.setattr(decode, "DECODE_WORKERS", 3)
+    monkeypatch.setattr(decode, "_CHUNK", 5)
     threaded = prepare_data(theme, settings, cache_dir=tmp_path / "threaded-cache")
     for name in ("train", "valid", "test"):
         np.testing.assert_array_equal(getattr(threaded, name).images,

@@ -14,7 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from tuning.config.errors import config_error_from_validation, printable, read_yaml
+from tuning.config.validation_errors import config_error_from_validation, printable
+from tuning.config.yaml_loader import read_yaml
 from tuning.errors import ConfigError, shown_value
 from tuning.config.infra import AugmentsConfig, InfraConfig
 from tuning.config.params import (MAX_CONCURRENT_TRIALS, MAX_SEED, MAX_TIMEOUT_SECONDS,

@@ -11,7 +11,7 @@ from typing import Any, Literal, Union
 import optuna.distributions as od
 from pydantic import Field, ValidationError, model_validator
 
-from tuning.config.errors import config_error_from_validation, printable
+from tuning.config.validation_errors import config_error_from_validation, printable
 from tuning.errors import ConfigError, shown_value
 from tuning.config.params import MAX_ID, Strict
 

@@ -1,4 +1,5 @@
-"""Turning pydantic's and PyYAML's failures into one ConfigError line each."""
+"""Reading a config file with PyYAML, bounded: a hostile file (alias bomb, deep nesting,
+huge size, repeated key) and any syntax error become one ConfigError line naming the file."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
 
-from tuning.errors import ConfigError, shown_value
+from tuning.config.validation_errors import printable
+from tuning.errors import ConfigError, YamlLimitError, shown_value
 
 # What one config file (or one text area of the web form) may hold. The shipped
 # configs use a few hundred nodes, a few levels deep; these bounds are far above that
@@ -24,14 +25,10 @@ MAX_YAML_CHARS = MAX_YAML_BYTES
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
-class YamlLimitError(yaml.YAMLError):
-    """A YAML document past one of the bounds above, or with a repeated key."""
-
-    def __init__(self, problem: str, *, line: int | None = None, key: Any = None):
-        super().__init__(problem)
-        self.problem = problem
-        self.line = line          # 1-based
-        self.key = key
+def _too_large(problem: str) -> YamlLimitError:
+    """A bound passed; read_yaml adds the file."""
+    return YamlLimitError(f"{problem}.", fix="write the values out plainly: a config needs "
+                                             "no deep nesting and no large repeated aliases.")
 
 
 def _line(node_or_event: Any) -> int:
@@ -53,12 +50,10 @@ class BoundedLoader(yaml.SafeLoader):
         try:
             if self._composed > MAX_YAML_NODES:
                 line = _line(self.peek_event())
-                raise YamlLimitError(f"holds more than {MAX_YAML_NODES} values (line {line})",
-                                     line=line)
+                raise _too_large(f"holds more than {MAX_YAML_NODES} values (line {line})")
             if self._depth > MAX_YAML_DEPTH:
                 line = _line(self.peek_event())
-                raise YamlLimitError(f"nesting deeper than {MAX_YAML_DEPTH} levels at line "
-                                     f"{line}", line=line)
+                raise _too_large(f"nesting deeper than {MAX_YAML_DEPTH} levels at line {line}")
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
@@ -88,8 +83,10 @@ class BoundedLoader(yaml.SafeLoader):
             except TypeError:  # unhashable: PyYAML's own error names it
                 continue
             if seen is not None:
+                shown = key if isinstance(key, str) else shown_value(key)
                 raise YamlLimitError(f"the same key appears twice in one mapping (lines {seen} "
-                                     f"and {line})", line=line, key=key)
+                                     f"and {line}).", key=printable(shown),
+                                     fix="keep one of them: the later one would silently win.")
             first_line[key] = line
 
 
@@ -107,17 +104,16 @@ class _ExpansionMeter:
             known = self._measure_new(node, level)
         nodes, chars, height = known
         if level + height - 1 > MAX_YAML_DEPTH:
-            raise YamlLimitError(f"aliases nest deeper than {MAX_YAML_DEPTH} levels "
-                                 f"(line {_line(node)})", line=_line(node))
+            raise _too_large(f"aliases nest deeper than {MAX_YAML_DEPTH} levels "
+                             f"(line {_line(node)})")
         return known
 
     def _measure_new(self, node: Any, level: int) -> tuple[int, int, int]:
         if id(node) in self._open:
-            raise YamlLimitError(f"an alias refers to a node that contains it (line "
-                                 f"{_line(node)})", line=_line(node))
+            raise _too_large(f"an alias refers to a node that contains it (line {_line(node)})")
         if level > MAX_YAML_DEPTH:
-            raise YamlLimitError(f"aliases nest deeper than {MAX_YAML_DEPTH} levels "
-                                 f"(line {_line(node)})", line=_line(node))
+            raise _too_large(f"aliases nest deeper than {MAX_YAML_DEPTH} levels "
+                             f"(line {_line(node)})")
         self._open.add(id(node))
         nodes, chars, height = 1, 0, 1
         for child in self._children(node):
@@ -143,11 +139,11 @@ class _ExpansionMeter:
     @staticmethod
     def _check_size(nodes: int, chars: int, node: Any) -> None:
         if nodes > MAX_YAML_NODES:
-            raise YamlLimitError(f"expands to more than {MAX_YAML_NODES} values once its "
-                                 f"aliases are expanded (line {_line(node)})", line=_line(node))
+            raise _too_large(f"expands to more than {MAX_YAML_NODES} values once its "
+                             f"aliases are expanded (line {_line(node)})")
         if chars > MAX_YAML_CHARS:
-            raise YamlLimitError(f"expands to more than {MAX_YAML_CHARS} characters once its "
-                                 f"aliases are expanded (line {_line(node)})", line=_line(node))
+            raise _too_large(f"expands to more than {MAX_YAML_CHARS} characters once its "
+                             f"aliases are expanded (line {_line(node)})")
 
 
 def _refuse_oversized(path: Path) -> None:
@@ -159,16 +155,6 @@ def _refuse_oversized(path: Path) -> None:
                           fix="a config file holds settings, not data: shorten it.")
 
 
-def _limit_error(exc: YamlLimitError, path: Path) -> ConfigError:
-    if exc.key is not None:
-        key = exc.key if isinstance(exc.key, str) else shown_value(exc.key)
-        return ConfigError(f"{exc.problem}.", file=str(path), key=printable(key),
-                           fix="keep one of them: the later one would silently win.")
-    return ConfigError(f"{exc.problem}.", file=str(path),
-                       fix="write the values out plainly: a config needs no deep nesting "
-                           "and no large repeated aliases.")
-
-
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read one YAML mapping; an empty file is an empty mapping."""
     if not path.is_file():
@@ -177,8 +163,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
     try:
         _refuse_oversized(path)
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=BoundedLoader)
-    except YamlLimitError as exc:
-        raise _limit_error(exc, path) from None
+    except YamlLimitError as exc:   # raised inside PyYAML, which does not know the file
+        raise YamlLimitError(exc.message, file=str(path), key=exc.key, fix=exc.fix) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -202,54 +188,3 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"the top level must be a mapping, not {type(data).__name__}.",
                           file=str(path), fix="write `key: value` pairs at the top level.")
     return data
-
-
-def printable(text: Any) -> str:
-    """`text` with control characters escaped: a key such as "a\\nb" (legal YAML) must
-    not break the one-line error message."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
-                   for c in str(text))
-
-
-def _dotted(loc: tuple[Any, ...]) -> str:
-    # Pydantic puts union member names (e.g. "float") into loc; they are not keys.
-    return ".".join(printable(part) for part in loc if not str(part).startswith("function-"))
-
-
-def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """The keys a model accepts at the parent of `loc`, for an 'unknown key' message."""
-    current: Any = model
-    for part in loc[:-1]:
-        fields = getattr(current, "model_fields", None)
-        if not fields or part not in fields:
-            return []
-        current = fields[part].annotation
-        args = getattr(current, "__args__", ())
-        current = next((a for a in args if hasattr(a, "model_fields")), current)
-    fields = getattr(current, "model_fields", None)
-    return sorted(fields) if fields else []
-
-
-def config_error_from_validation(exc: ValidationError, *, file: str, model: type[BaseModel],
-                                 prefix: str = "") -> ConfigError:
-    """The first validation error, as one line naming the file and the dotted key."""
-    err = exc.errors(include_url=False)[0]
-    loc = tuple(err.get("loc", ()))
-    key = (prefix + _dotted(loc)).rstrip(".")
-    kind = err.get("type", "")
-    value = err.get("input")
-    if kind == "extra_forbidden":
-        allowed = _allowed_keys(model, loc)
-        fix = (f"remove it or use one of: {', '.join(allowed)}." if allowed
-               else "remove it (check its spelling).")
-        return ConfigError("unknown key.", file=file, key=key, fix=fix)
-    if kind == "missing":
-        return ConfigError("required key is missing.", file=file, key=key,
-                           fix="add it (see configs/ for an example).")
-    message = err.get("msg", "invalid value")
-    if message.startswith("Value error, "):
-        message = message[len("Value error, "):]
-    # A rule across several keys (low <= high) already names the values it saw.
-    got = "" if isinstance(value, dict) else f" (got {shown_value(value)})"
-    return ConfigError(f"{message}{got}.", file=file, key=key or None,
-                       fix="correct the value (see configs/ for an example).")

@@ -10,7 +10,7 @@ cluster already mounts, or `infra.cache_dir` when the storage is a bucket):
                                     each channel's sum and sum of squares (int64)
     by-stat/<stat key>              the content key, as in the resident cache
 
-The key is the resident cache's (tuning.data), so a change to any image, label or
+The key is the resident cache's (tuning.data.keys), so a change to any image, label or
 setting builds new shards. Shards are decoded by Ray tasks spread over the cluster when
 Ray is up (each node reads the files it decodes), else by threads in this process; a
 dry run decodes to check every file and keeps nothing. The folder appears complete or
@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +28,14 @@ from pathlib import Path
 import numpy as np
 
 from tuning import storage
-from tuning.data import (_DECODE_WORKERS, SPLIT_NAMES, ChannelSums, PreprocessSettings, Progress,
-                         _check_class_sizes, _content_key, _decode_chunk, _read_text,
-                         _stat_inside_root, _stat_key, _write_atomic_text, assign_readable)
+from tuning.data import keys
+from tuning.data.cache import load_arrays, new_build_dir, publish
+from tuning.data.decode import DECODE_WORKERS, Progress, decode_chunk
+from tuning.data.settings import PreprocessSettings
+from tuning.data.split import SPLIT_NAMES, assign_readable, check_class_sizes, theme_labels
 from tuning.data.theme import ThemeSpec
-from tuning.errors import DataError
+from tuning.data.trial_data import ChannelSums, TrialData
+from tuning.errors import MediaRootMissingError
 
 # Sources per shard: 256 RGB images at 224 px are 38 MB, small enough for one task's
 # memory and large enough that 32k images make 125 files, not thousands.
@@ -55,14 +56,7 @@ class ShardSplit:
 
 
 @dataclass(frozen=True)
-class ShardedData:
-    train: ShardSplit
-    valid: ShardSplit
-    test: ShardSplit
-    class_names: tuple[str, ...]
-    skipped: tuple[str, ...]
-    cache_key: str
-    from_cache: bool
+class ShardedData(TrialData[ShardSplit]):
     folder: str | None           # absolute; None after a dry run that built nothing
     image_shape: tuple[int, int, int]   # (C, S, S) of each stored source image
     patch_size: int | None
@@ -83,69 +77,37 @@ def prepare_shards(theme: ThemeSpec, settings: PreprocessSettings, *, root: Path
     """The theme as shards under `root`, built if missing. `store=False` (a dry run)
     decodes every image to check it and writes nothing."""
     report = progress or (lambda message: None)
-    if not theme.samples:
-        raise DataError(f"theme '{theme.name}' (id {theme.id}) has no images.",
-                        fix="add labelled images to the theme.")
-    labels = np.array([s.label for s in theme.samples], dtype=np.int64)
+    labels = theme_labels(theme)
     paths = [s.path for s in theme.samples]
-    stats = _stat_inside_root(paths, theme.media_root)
-    stat_key = _stat_key(paths, stats, labels, settings)
-    known_key = _read_text(root / "by-stat" / stat_key)
-    key = known_key or _content_key(paths, labels, settings)
-    folder = root / f"{key}{SHARD_SUFFIX}"
-    index = _load_index(folder)
+    stats = keys.stat_inside_root(paths, theme.media_root)
+    key = keys.find_key(root, paths, stats, labels, settings)
+    folder = root / f"{key.content}{SHARD_SUFFIX}"
+    index = load_arrays(folder / INDEX_FILE)
     if index is not None:
-        if known_key is None and store:
-            _write_atomic_text(root / "by-stat" / stat_key, key)
+        if not key.linked and store:
+            keys.link(root, key)
         report(f"preprocessed shards of theme '{theme.name}' found at {folder}")
-        return _sharded(index, theme, settings, key, folder, from_cache=True)
-    _check_class_sizes(labels, np.ones(len(labels), dtype=bool), settings, theme.class_names)
-    build = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:16]}-", dir=_made(root))) if store \
-        else None
+        return _sharded(index, theme, settings, key.content, folder, from_cache=True)
+    check_class_sizes(labels, np.ones(len(labels), dtype=bool), settings, theme.class_names)
+    build = new_build_dir(root, key.content) if store else None
     try:
         reasons, s1, s2 = _decode_to_shards(paths, settings, build, report, use_ray=use_ray,
                                             media_root=theme.media_root)
         index = _index(theme, labels, reasons, s1, s2, settings)
         if build is None:
-            return _sharded(index, theme, settings, key, None, from_cache=False)
+            return _sharded(index, theme, settings, key.content, None, from_cache=False)
         np.savez(build / INDEX_FILE, **index)
-        _publish(build, folder)
-        _write_atomic_text(root / "by-stat" / stat_key, key)
+        publish(build, folder, INDEX_FILE)
+        keys.link(root, key)
     finally:
         if build is not None:
             shutil.rmtree(build, ignore_errors=True)
-    return _sharded(index, theme, settings, key, folder, from_cache=False)
-
-
-def _made(root: Path) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
-def _publish(build: Path, folder: Path) -> None:
-    try:
-        os.rename(build, folder)
-    except OSError:
-        # Another driver published the same key first; its shards equal ours.
-        if not (folder / INDEX_FILE).exists():
-            raise
+    return _sharded(index, theme, settings, key.content, folder, from_cache=False)
 
 
 def _index(theme, labels, reasons, s1, s2, settings) -> dict[str, np.ndarray]:
     _, assignment = assign_readable(theme, labels, reasons, settings)
     return {"labels": labels, "assignment": assignment, "s1": s1, "s2": s2}
-
-
-def _load_index(folder: Path) -> dict[str, np.ndarray] | None:
-    path = folder / INDEX_FILE
-    if not path.exists():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {name: npz[name] for name in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
-        shutil.rmtree(folder, ignore_errors=True)   # damaged: only a cache miss
-        return None
 
 
 def _sharded(index, theme: ThemeSpec, settings: PreprocessSettings, key: str,
@@ -179,10 +141,6 @@ def shard_file(folder: str | Path, number: int) -> Path:
     return Path(folder) / f"images-{number:05d}.npy"
 
 
-class MediaRootMissingError(FileNotFoundError):
-    """A node that decodes a shard does not see the theme's media root."""
-
-
 def decode_shard(paths: list[str], settings: PreprocessSettings, out: str | None,
                  media_root: str | None = None):
     """Decode one shard's images; write them to `out` (when given) and return, per image,
@@ -190,9 +148,12 @@ def decode_shard(paths: list[str], settings: PreprocessSettings, out: str | None
     if media_root is not None and not os.path.isdir(media_root):
         # Otherwise every file of the shard would read as missing, and with
         # skip_unreadable which images a study trains on would depend on the node.
-        raise MediaRootMissingError(f"media root {media_root} is not mounted on node "
-                                    f"{os.uname().nodename}")
-    images, reasons = _decode_chunk(paths, settings)
+        raise MediaRootMissingError(
+            f"media root {media_root} is not mounted on node {os.uname().nodename}: the "
+            f"nodes decode the theme's images themselves in streaming mode.",
+            fix="mount the media root at the same path on every node, or set "
+                "data.mode: resident.")
+    images, reasons = decode_chunk(paths, settings)
     if out is not None:
         tmp = f"{out}.tmp-{os.getpid()}"
         with open(tmp, "wb") as f:
@@ -237,7 +198,7 @@ def _decode_to_shards(paths, settings, build: Path | None, report: Progress, *, 
 def _decode_here(chunks, outs, settings, report: Progress) -> list:
     total, done, results = sum(map(len, chunks)), 0, []
     report(f"decoding {total} images into {len(chunks)} shards in this process")
-    with ThreadPoolExecutor(_DECODE_WORKERS) as pool:
+    with ThreadPoolExecutor(DECODE_WORKERS) as pool:
         for chunk, result in zip(chunks, pool.map(decode_shard, chunks,
                                                   [settings] * len(chunks), outs)):
             results.append(result)
@@ -271,10 +232,7 @@ def _decode_with_ray(chunks, outs, settings, report: Progress, media_root: str) 
                     raise
                 for other in pending:
                     ray.cancel(other)
-                raise DataError(f"{exc.cause}: the nodes decode the theme's images "
-                                f"themselves in streaming mode.",
-                                fix="mount the media root at the same path on every node, "
-                                    "or set data.mode: resident.") from None
+                raise exc.cause from None
             done += len(chunks[k])
             _progress(report, done, total, len(chunks), len(chunks) - len(pending))
     return results

@@ -21,7 +21,7 @@ from ray import tune
 
 from theme_classifier.preprocess import network_input, standardize, to_unit
 from tuning.data.augment import AugmentSettings, augment_batch
-from tuning.data import PreparedData
+from tuning.data import TrialData
 from tuning.data.shards import ShardedData
 from tuning.trial.batches import DeviceSplit, StreamSplit, stats_from_sums
 from tuning.trial.memory_cap import GIB, TrialOutOfMemoryError, is_out_of_memory, memory_cap
@@ -183,7 +183,7 @@ def load_state_dict(folder: Path) -> dict[str, Any]:
     return torch.load(folder / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
 
 
-def train_trial(config: dict[str, Any], *, data: PreparedData | ShardedData,
+def train_trial(config: dict[str, Any], *, data: TrialData,
                 settings: TrialSettings) -> None:
     params = TrainingParams.model_validate(params_with_sample(settings.base, config))
     cap = int(settings.memory_gb * GIB) if settings.memory_gb else None
@@ -219,7 +219,7 @@ def _imagenet_state(params: TrainingParams, settings: TrialSettings
     return state
 
 
-def _train(params: TrainingParams, data: PreparedData | ShardedData,
+def _train(params: TrainingParams, data: TrialData,
            settings: TrialSettings) -> None:
     torch.set_num_threads(max(1, int(settings.cpus)))
     device = pick_device()
@@ -264,7 +264,7 @@ def _train(params: TrainingParams, data: PreparedData | ShardedData,
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def open_splits(data: PreparedData | ShardedData, device: torch.device) -> tuple:
+def open_splits(data: TrialData, device: torch.device) -> tuple:
     """train, valid and test as the data path gives them (tuning.trial.batches)."""
     splits = (data.train, data.valid, data.test)
     if isinstance(data, ShardedData):

@@ -180,7 +180,7 @@ def _absolute_paths(config_yaml: Path, repo: Path) -> None:
     launch; the job's driver runs in a scratch working_dir, so make them absolute."""
     import yaml
 
-    from tuning.config.errors import read_yaml
+    from tuning.config.yaml_loader import read_yaml
 
     data = read_yaml(config_yaml)
     for section, key in (("ray", "storage_path"), (None, "cache_dir")):
