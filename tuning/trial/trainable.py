@@ -125,7 +125,7 @@ def _evaluate(model, split, mean, std, *, per_image: bool):
 
 
 def _image_accuracy(probabilities: torch.Tensor, split) -> float:
-    # Patches of one image are consecutive (data._build_splits), as the model cuts them.
+    # Patches of one image are consecutive (tuning.data.resident), as the model cuts them.
     k = split.patches_per_image
     per_image = probabilities.reshape(-1, k, probabilities.shape[1]).mean(dim=1)
     labels = split.labels.reshape(-1, k)[:, 0]
