@@ -17,17 +17,14 @@ import signal
 import sys
 from pathlib import Path
 
-from tuning.errors import Reported, ThemetuneError
+from tuning.errors import PredictError, Reported, TrackingStoreError
+from tuning.tracking import model_loading, registry
 
 REPO = Path(__file__).resolve().parent
 DEFAULT_CONFIG = REPO / "configs" / "config.yaml"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # Files per predict call: bounds memory for folders of large photos.
 BATCH = 64
-
-
-class PredictError(ThemetuneError):
-    """The model or the paths to label cannot be used."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,11 +51,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def tracking_uri(given: str | None) -> str:
     if given:
         return given
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
+    if registry.tracking_uri_from_env():   # it wins: config.yaml need not even exist
+        return registry.tracking_uri(configured="")
     from tuning.config import load_infra_config
 
-    return load_infra_config(DEFAULT_CONFIG).mlflow.tracking_uri
+    return registry.tracking_uri(load_infra_config(DEFAULT_CONFIG).mlflow.tracking_uri)
 
 
 def champion_of_theme(theme_id: int) -> str:
@@ -67,9 +64,8 @@ def champion_of_theme(theme_id: int) -> str:
 
     django.setup()
     from data_access.selectors import theme_get
-    from tuning.tracking.report import champion_uri
 
-    return champion_uri(f"{theme_get(theme_id=theme_id).name}_model")
+    return registry.champion_uri(registry.model_name(theme_get(theme_id=theme_id).name))
 
 
 def image_files(paths: list[Path]) -> tuple[list[Path], list[str]]:
@@ -87,32 +83,29 @@ def image_files(paths: list[Path]) -> tuple[list[Path], list[str]]:
     return files, missing
 
 
-def load_model(uri: str, store: str):
-    import mlflow
-    import mlflow.pyfunc
-    from mlflow.exceptions import MlflowException
-
-    if store.startswith("sqlite:///") and not Path(store[len("sqlite:///"):]).is_file():
+def load_model(uri: str, store: str) -> model_loading.LoadedModel:
+    """The model with the code it shipped with (tracking.model_loading)."""
+    if registry.store_missing(store):
         # Opening a missing SQLite store would create an empty one, and then say the
         # model is not there: the store is what is wrong.
         raise PredictError(f"no MLflow store at {store}.", key="--tracking-uri",
                            fix="run predict.py where the study ran, or point "
                                "--tracking-uri / MLFLOW_TRACKING_URI at its store.")
-    mlflow.set_tracking_uri(store)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
-        return mlflow.pyfunc.load_model(uri)
-    except (MlflowException, OSError) as exc:
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise PredictError(f"cannot load model {uri} from MLflow store {store} ({first}).",
-                           key="--model", fix="check the URI (e.g. models:/NAME@champion) "
-                           "and --tracking-uri / MLFLOW_TRACKING_URI.") from None
+        return model_loading.load_model(uri, tracking_uri=store)
+    except TrackingStoreError as exc:
+        raise PredictError(f"cannot load model {uri} from MLflow store {store} "
+                           f"({exc.message}).", key="--model",
+                           fix=f"check the URI (e.g. {registry.champion_uri('NAME')}) "
+                               "and --tracking-uri / MLFLOW_TRACKING_URI.") from None
 
 
-def predict_files(model, files: list[Path]):
+def predict_files(model: model_loading.LoadedModel, files: list[Path]):
     """Yield (path, row or None, error or None) per file, batch by batch."""
     import pandas as pd
-    from theme_classifier.pyfunc import UnreadableImageError
+
+    # The model's own error class: its shipped code is not this checkout's.
+    UnreadableImageError = model.unreadable_error  # noqa: N806
 
     for start in range(0, len(files), BATCH):
         batch = files[start:start + BATCH]
@@ -171,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
 def _csv_writer(path: Path | None, model):
     if path is None:
         return None
-    classes = model.unwrap_python_model().class_names
+    classes = model.class_names
     try:
         handle = open(path, "w", newline="")
     except OSError as exc:

@@ -250,16 +250,16 @@ def test_error_lines_never_carry_a_password():
 def test_mlflow_params_tags_and_configs_are_logged_masked(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from tuning.tracking import mlflow_runs
+    from tuning.tracking import runs
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run_id = client.create_run(client.create_experiment("redact")).info.run_id
     url = f"postgresql://tune:{SECRET}@db.local/optuna"
     config = tmp_path / "config.yaml"
     config.write_text(f"mlflow:\n  tracking_uri: http://u:{SECRET}@mlflow.local\n")
-    mlflow_runs.log_params(client, run_id, {"storage": url})
-    mlflow_runs.set_tags(client, run_id, {"themetune.end_reason": f"cannot open {url}"})
-    mlflow_runs.log_file(client, run_id, config, "configs")
+    runs.log_params(client, run_id, {"storage": url})
+    runs.set_tags(client, run_id, {"themetune.end_reason": f"cannot open {url}"})
+    runs.log_file(client, run_id, config, "configs")
     run = client.get_run(run_id)
     assert run.data.params["storage"] == "postgresql://tune:***@db.local/optuna"
     assert SECRET not in run.data.tags["themetune.end_reason"]

@@ -130,3 +130,37 @@ class StorageError(ThemetuneError):
 
 class MetricError(ThemetuneError):
     """The study's metric was never reported by any trial."""
+
+
+class ResumeError(ThemetuneError):
+    """`--resume` names no resumable study, or asks to change what it ran with."""
+
+
+class LeaseHeldError(ThemetuneError):
+    """Another live driver holds the study's experiment."""
+
+
+class TrackingUnreachableError(ThemetuneError):
+    """The MLflow tracking server does not answer when a study starts."""
+
+
+class TrackingStoreError(ThemetuneError):
+    """An MLflow store cannot be read, or a model cannot be loaded from it (the message
+    is the cause; the caller says what it was doing)."""
+
+
+class TrackingLostError(StudyStoppedError):
+    """The tracking server stayed unreachable longer than the outage budget mid-study:
+    the study stops, resumable once the server is back."""
+
+
+class StudyFailedError(StudyStoppedError):
+    """No trial finished: every one failed or was stopped."""
+
+
+class PredictError(ThemetuneError):
+    """predict.py: the model or the paths to label cannot be used."""
+
+
+class TryModelError(ThemetuneError):
+    """The web: the MLflow store cannot be read, or the champion cannot be loaded from it."""

@@ -14,7 +14,7 @@ from typing import Any
 
 import optuna
 
-from tuning.tracking import mlflow_runs, output
+from tuning.tracking import output, registry, retrying, runs
 from tuning import storage
 from tuning.recovery import lease, resume as resume_files
 from tuning.data.augment import AugmentSettings
@@ -22,8 +22,8 @@ from tuning.config import StudyConfig
 from tuning.data import PreprocessSettings, TrialData, prepare_data
 from tuning.data.mode import DataMode, choose_mode
 from tuning.data.shards import prepare_shards, shard_root
-from tuning.errors import (ConfigError, MetricError, Reported, StorageError, StudyStoppedError,
-                           ThemeError, ThemetuneError)
+from tuning.errors import (ConfigError, MetricError, Reported, StorageError, StudyFailedError,
+                           StudyStoppedError, ThemeError, ThemetuneError, TrackingLostError)
 from tuning.recovery.interrupts import (PHASE_RAY_STARTED, PHASE_STUDY_STARTED, StopRequest,
                                          StudyInterrupted)
 from tuning.tracking.ledger import StudyLedger
@@ -35,10 +35,6 @@ from tuning.tracking.recording import NullRecorder, StudyEnd, StudyRecorder, Stu
 from tuning.config.search_space import describe, to_distributions
 from tuning.data.theme import ThemeSpec
 
-
-
-class StudyFailedError(StudyStoppedError):
-    """No trial finished: every one failed or was stopped."""
 
 
 @dataclass
@@ -67,7 +63,7 @@ class StudyOutcome:
     model_name: str | None = None
     model_version: str | None = None
     counts: dict[str, int] = field(default_factory=dict)
-    registration: mlflow_runs.Registration | None = None
+    registration: registry.Registration | None = None
 
 
 def preprocess_settings(params: TrainingParams) -> PreprocessSettings:
@@ -132,8 +128,8 @@ def prepare_study(config: StudyConfig, theme: ThemeSpec, *, study_name: str | No
     name = study_name or config.study.name
     storage.check_study_places(config, study_name=study_name, storage_url=storage_url)
     # An MLflow server that is down at start is a setup mistake (exit 2 now); one
-    # that goes down mid-study is waited for (mlflow_runs.call).
-    mlflow_runs.check_reachable(mlflow_runs.resolve_tracking_uri(
+    # that goes down mid-study is waited for (tracking.retrying).
+    retrying.check_reachable(registry.tracking_uri(
         config.infra.mlflow.tracking_uri))
     progress = progress or output.say
     # Before the data: a missing weights file is the quicker mistake to report.
@@ -242,7 +238,7 @@ def _run_steps(run: "_StudyRun", *, ray_job_id, progress, trainable, on_phase) -
         _print_resume_hint(run.resumable, "interrupted")
         # A stopped study closes what it can at once: no wait for an absent tracking
         # server, so that a second Ctrl-C is never needed (and one still stops at once).
-        with mlflow_runs.without_waiting():
+        with retrying.without_waiting():
             closed = _end_study(run, status="KILLED", reason="interrupted",
                                 trial_reason="study interrupted")
         raise StudyInterrupted(closed=closed) from exc
@@ -289,7 +285,7 @@ class _StudyRun:
     """What the steps of one run_study share, and what its ending needs to close."""
 
     plan: StudyPlan
-    study_runs: mlflow_runs.MlflowStudy
+    study_runs: runs.MlflowStudy
     recorder: StudyRecorder
     resume: resume_files.ResumeInfo | None
     experiment_path: str
@@ -308,17 +304,17 @@ def _start_ray(config: StudyConfig) -> None:
     check_storage_reachable(config.infra.ray.storage_path, file=str(config.files.config))
 
 
-def _open_parent_run(plan: StudyPlan, resume) -> mlflow_runs.MlflowStudy:
+def _open_parent_run(plan: StudyPlan, resume) -> runs.MlflowStudy:
     if resume is None:
-        tracking_uri = mlflow_runs.resolve_tracking_uri(plan.config.infra.mlflow.tracking_uri)
-        study_runs = mlflow_runs.open_study_runs(
+        tracking_uri = registry.tracking_uri(plan.config.infra.mlflow.tracking_uri)
+        study_runs = runs.open_study_runs(
             tracking_uri=tracking_uri, experiment_name=plan.theme.name,
             run_name=plan.config.run_name,
             tags={"themetune.theme_id": str(plan.theme.id),
                   "themetune.study_name": plan.study_name, "themetune.role": "parent"})
     else:
         tracking_uri = resume.tracking_uri
-        study_runs = mlflow_runs.reopen_study_runs(
+        study_runs = runs.reopen_study_runs(
             tracking_uri=tracking_uri, experiment_id=resume.experiment_id,
             parent_run_id=resume.parent_run_id)
     output.say(f"MLflow experiment '{plan.theme.name}' (id {study_runs.experiment_id}), "
@@ -355,13 +351,13 @@ def _record_start(run: _StudyRun, ray_job_id: str | None) -> None:
     plan, config = run.plan, run.plan.config
     client, parent_id = run.study_runs.client, run.study_runs.parent_run_id
     if run.resume is None:
-        mlflow_runs.log_params(client, parent_id, _parent_params(plan))
+        runs.log_params(client, parent_id, _parent_params(plan))
         for path in vars(config.files).values():
-            mlflow_runs.log_file(client, parent_id, Path(path), "configs")
-        mlflow_runs.log_yaml(client, parent_id, config.resolved(), "configs/resolved.yaml")
+            runs.log_file(client, parent_id, Path(path), "configs")
+        runs.log_yaml(client, parent_id, config.resolved(), "configs/resolved.yaml")
     else:
         run.resume.resumes += 1
-        mlflow_runs.set_tags(client, parent_id, {"themetune.resumes": str(run.resume.resumes)})
+        runs.set_tags(client, parent_id, {"themetune.resumes": str(run.resume.resumes)})
     run.recorder.study_started(StudyStart(
         theme_id=plan.theme.id, name=config.run_name, direction=config.study.direction,
         metric=config.study.metric, n_trials=config.study.n_trials,
@@ -473,7 +469,7 @@ def _save_resume_info(run: _StudyRun) -> None:
         experiment_path=run.experiment_path, parent_run_id=run.study_runs.parent_run_id,
         experiment_id=run.study_runs.experiment_id,
         tracking_uri=storage.absolute_url(
-            mlflow_runs.resolve_tracking_uri(config.infra.mlflow.tracking_uri)),
+            registry.tracking_uri(config.infra.mlflow.tracking_uri)),
         study_name=plan.study_name, storage_url=plan.storage_url, theme_id=plan.theme.id,
         overrides={"n_trials": config.study.n_trials, "timeout": config.study.timeout,
                    "max_concurrent_trials": config.infra.max_concurrent_trials},
@@ -497,8 +493,8 @@ def _fit(tuner) -> None:
         except TuneError as exc:
             # Tune hands on a callback's error as a TuneError holding only its text;
             # an MLflow outage that outlasted its budget is told as what it is.
-            if mlflow_runs.outage_error() is not None:
-                raise mlflow_runs.outage_error() from exc
+            if retrying.outage_error() is not None:
+                raise retrying.outage_error() from exc
             raise
     if stop.requested:
         raise KeyboardInterrupt
@@ -521,9 +517,9 @@ def _end_runs(callback, client, parent_id: str, status: str, reason: str, *,
     try:
         if callback is not None:
             callback.close_open_trials(reason=trial_reason)
-        mlflow_runs.set_tags(client, parent_id, {"themetune.end_reason": reason[:5000]})
-        mlflow_runs.end_run(client, parent_id, status)
-    except mlflow_runs.TrackingLostError as lost:
+        runs.set_tags(client, parent_id, {"themetune.end_reason": reason[:5000]})
+        runs.end_run(client, parent_id, status)
+    except TrackingLostError as lost:
         # MLflow is gone: its runs stay RUNNING, which is what --resume expects to find;
         # the study's own error is the one to raise, and the DB still hears of the end.
         output.warn(f"could not close the MLflow runs: {lost.message}")
@@ -537,7 +533,7 @@ def _print_resume_hint(experiment_path: str | None, what: str) -> None:
                     f"{resume_files.resume_command(experiment_path)}")
 
 
-def _finish_study(plan: StudyPlan, study_runs: mlflow_runs.MlflowStudy, ledger: StudyLedger,
+def _finish_study(plan: StudyPlan, study_runs: runs.MlflowStudy, ledger: StudyLedger,
                   models, recorder: StudyRecorder) -> StudyOutcome:
     config = plan.config
     client, parent_id = study_runs.client, study_runs.parent_run_id
@@ -561,16 +557,16 @@ def _finish_study(plan: StudyPlan, study_runs: mlflow_runs.MlflowStudy, ledger: 
 
     registration = _register(plan, best, models, parent_id, study_runs)
     model_name, version = registration.model_name, registration.version
-    mlflow_runs.log_metric(client, parent_id, "best_value", best.value)
-    mlflow_runs.log_params(client, parent_id, {f"best.{k}": v for k, v in best.params.items()})
-    mlflow_runs.log_yaml(client, parent_id, {"trial_number": best.number,
-                                             "value": best.value, "metric": config.study.metric,
-                                             "params": best.params, "run_id": best.child_run_id},
-                         "best_params.yaml")
-    mlflow_runs.set_tags(client, parent_id, {"best_trial_number": str(best.number),
-                                             "best_run_id": best.child_run_id,
-                                             "registered_model": f"{model_name}/{version}"})
-    mlflow_runs.end_run(client, parent_id, "FINISHED")
+    runs.log_metric(client, parent_id, "best_value", best.value)
+    runs.log_params(client, parent_id, {f"best.{k}": v for k, v in best.params.items()})
+    runs.log_yaml(client, parent_id, {"trial_number": best.number,
+                                      "value": best.value, "metric": config.study.metric,
+                                      "params": best.params, "run_id": best.child_run_id},
+                  "best_params.yaml")
+    runs.set_tags(client, parent_id, {"best_trial_number": str(best.number),
+                                      "best_run_id": best.child_run_id,
+                                      "registered_model": f"{model_name}/{version}"})
+    runs.end_run(client, parent_id, "FINISHED")
     recorder.study_finished(StudyEnd(status="completed", best_value=best.value,
                                      best_params=best.params, best_trial_number=best.number,
                                      registered_model=model_name, registered_version=version))
@@ -582,14 +578,14 @@ def _finish_study(plan: StudyPlan, study_runs: mlflow_runs.MlflowStudy, ledger: 
 
 
 def _register(plan: StudyPlan, best, models, parent_id: str,
-              study_runs: mlflow_runs.MlflowStudy) -> mlflow_runs.Registration:
+              study_runs: runs.MlflowStudy) -> registry.Registration:
     """Log the best model to the parent run, register it, and decide the champion."""
     from tuning.tracking.model_package import description
 
     config = plan.config
     best_uri, preprocessing = models.log_best(best, parent_run_id=parent_id)
-    return mlflow_runs.register_best(
-        study_runs.client, model_uri=best_uri, model_name=f"{plan.theme.name}_model",
+    return registry.register_best(
+        study_runs.client, model_uri=best_uri, model_name=registry.model_name(plan.theme.name),
         tags={"parent_run_id": parent_id, "best_run_id": best.child_run_id,
               "themetune.study_name": plan.study_name,
               "themetune.theme_id": str(plan.theme.id),

@@ -1,10 +1,10 @@
 """Try a theme's champion model on uploaded images: find it, load it once, label images.
 
-The web UI's one door to the registered model. It reads MLflow and never writes to it:
-the champion is `models:/<theme>_model@champion` in the MLflow store the theme's
-studies recorded to, loaded as the MLflow pyfunc it is (theme_classifier.pyfunc) and
-kept in this process, keyed by (store, model name, version), so that only the first
-request after a new champion pays the load. Uploads are bounded while Django reads the
+The web UI's use of the registered model, through the registry's door (tracking.registry)
+and never writing to it: the theme's champion in the MLflow store the theme's studies
+recorded to, loaded as the MLflow pyfunc it is with the code it shipped with
+(tracking.model_loading) and kept in this process, keyed by (store, model name,
+version), so that only the first request after a new champion pays the load. Uploads are bounded while Django reads the
 request (UploadLimits), so a huge or endless upload never fills the server's disk.
 """
 
@@ -13,11 +13,10 @@ from __future__ import annotations
 import base64
 import io
 import os
-import sys
 import tempfile
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -26,9 +25,10 @@ from django.core.files.uploadhandler import FileUploadHandler, SkipFile, StopUpl
 from django.utils.translation import gettext as _
 
 from data_access.selectors import StudyInfo
-from tuning.errors import ThemetuneError
 from tuning.config.infra import MlflowSection
+from tuning.errors import TrackingStoreError, TryModelError
 from tuning.states import StudyStatus
+from tuning.tracking import model_loading, registry
 
 PERMISSION = "data_access.try_model"
 FIELD = "images"            # the form's multi-file input
@@ -39,28 +39,16 @@ TOP = 3                     # classes shown per image
 THUMBNAIL_PX = 64
 # Loaded models kept in this process; a ResNet101 pyfunc holds ~170 MB.
 CACHE_SIZE = 4
-CHAMPION = "champion"       # tuning.tracking.mlflow_runs.CHAMPION, without importing MLflow here
 DEFAULT_TRACKING_URI = MlflowSection().tracking_uri
-
-
-class TryModelError(ThemetuneError):
-    """The MLflow store cannot be read, or the champion cannot be loaded from it."""
 
 
 # ---------------------------------------------------------------- which store, which model
 
 
-def model_name(theme_name: str) -> str:
-    """The name a study registers its theme's best model under (tuning.study)."""
-    return f"{theme_name}_model"
-
-
 def form_context(theme_name: str) -> dict:
     """What the upload form and the page around it show (templates: _try_model_form)."""
-    from tuning.tracking.report import champion_uri
-
     return {"field": FIELD, "max_files": MAX_FILES, "max_mb": MAX_FILE_MB,
-            "uri": champion_uri(model_name(theme_name))}
+            "uri": registry.champion_uri(registry.model_name(theme_name))}
 
 
 def newest_completed(studies: list[StudyInfo]) -> StudyInfo | None:
@@ -69,22 +57,17 @@ def newest_completed(studies: list[StudyInfo]) -> StudyInfo | None:
 
 
 def study_tracking_uri(study: StudyInfo) -> str:
-    """The store the study recorded to: MLFLOW_TRACKING_URI when set (it wins in the
-    driver too), else config.yaml's mlflow.tracking_uri as the study resolved it."""
+    """The store the study recorded to, as the driver chose it (registry.tracking_uri)
+    from the study's resolved mlflow.tracking_uri."""
     mlflow = (study.resolved_config.get("config") or {}).get("mlflow") or {}
-    return _resolved(mlflow.get("tracking_uri") or DEFAULT_TRACKING_URI)
+    return _in_repo(registry.tracking_uri(mlflow.get("tracking_uri") or DEFAULT_TRACKING_URI))
 
 
 def theme_tracking_uri(studies: list[StudyInfo]) -> str:
     """The store of the theme's newest completed study; with none, the default one."""
     study = newest_completed(studies)
-    return study_tracking_uri(study) if study else _resolved(DEFAULT_TRACKING_URI)
-
-
-def _resolved(configured: str) -> str:
-    from tuning.tracking.mlflow_runs import resolve_tracking_uri
-
-    return _in_repo(resolve_tracking_uri(configured))
+    return study_tracking_uri(study) if study else \
+        _in_repo(registry.tracking_uri(DEFAULT_TRACKING_URI))
 
 
 def _in_repo(uri: str) -> str:
@@ -111,19 +94,8 @@ def shown_uri(uri: str) -> str:
 # ---------------------------------------------------------------- the champion
 
 
-@dataclass(frozen=True)
-class Champion:
-    tracking_uri: str
-    model_name: str
-    version: str
-    source: str         # where the version's files are (its download URI)
-    run_id: str
-
-    @property
-    def uri(self) -> str:
-        from tuning.tracking.report import champion_uri
-
-        return champion_uri(self.model_name)
+class Champion(registry.Champion):
+    """The registry's champion, as the page shows it."""
 
     @property
     def store(self) -> str:
@@ -136,72 +108,42 @@ class Champion:
                 f"/versions/{self.version}")
 
 
-def find_champion(*, tracking_uri: str, name: str) -> Champion | None:
-    """The version the `champion` alias points at now; None when the store, the model
-    or the alias does not exist. Raises TryModelError when the store cannot be read."""
-    if _missing_sqlite(tracking_uri):
-        # Opening it would create an empty store: nothing to find, and nothing to write.
-        return None
-    from mlflow.exceptions import MlflowException
-
-    from tuning.tracking import mlflow_runs
-
+def find_champion(*, tracking_uri: str, theme_name: str) -> Champion | None:
+    """The theme's champion now (registry.champion); None when the store, the model or
+    the alias does not exist. Raises TryModelError when the store cannot be read."""
     try:
-        mlflow_runs.check_reachable(tracking_uri)   # a quick "no server", not minutes of retries
-        client = _client(tracking_uri)
-        try:
-            registered = client.get_registered_model(name)
-        except MlflowException as exc:
-            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-                return None
-            raise
-        version = registered.aliases.get(CHAMPION)
-        if version is None:
-            return None
-        found = client.get_model_version(name, str(version))
-        source = client.get_model_version_download_uri(name, str(version))
-    except (MlflowException, ThemetuneError) as exc:
+        found = registry.champion(tracking_uri=tracking_uri,
+                                  name=registry.model_name(theme_name))
+    except TrackingStoreError as exc:
         raise TryModelError(f"cannot read MLflow store {shown_uri(tracking_uri)} "
-                            f"({_first_line(exc)}).",
-                            fix="check MLFLOW_TRACKING_URI or the study's "
-                                "mlflow.tracking_uri.") from None
-    return Champion(tracking_uri=tracking_uri, model_name=name, version=str(found.version),
-                    source=source, run_id=found.run_id or "")
-
-
-def _client(tracking_uri: str):
-    from mlflow import MlflowClient
-
-    # The registry lives in the tracking store unless MLFLOW_REGISTRY_URI says otherwise,
-    # as in the driver that registered the model.
-    return MlflowClient(tracking_uri=tracking_uri,
-                        registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri)
-
-
-def _missing_sqlite(uri: str) -> bool:
-    prefix = "sqlite:///"
-    return uri.startswith(prefix) and not Path(uri[len(prefix):]).is_file()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = exc.one_line() if isinstance(exc, ThemetuneError) else str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+                            f"({exc.message}).",
+                            fix=f"check {registry.TRACKING_URI_ENV} or the study's "
+                                f"{registry.CONFIG_KEY}.") from None
+    return None if found is None else Champion(**asdict(found))
 
 
 # ---------------------------------------------------------------- loading, once
 
-_models: OrderedDict[tuple[str, str, str], object] = OrderedDict()
+_models: OrderedDict[tuple[str, str, str], model_loading.LoadedModel] = OrderedDict()
 _lock = threading.Lock()
 
 
-def load(champion: Champion):
-    """The champion's pyfunc, loaded at most once per (store, name, version)."""
+def load(champion: Champion) -> model_loading.LoadedModel:
+    """The champion's pyfunc with the code it shipped with (model_loading), loaded at
+    most once per (store, name, version)."""
     key = (champion.tracking_uri, champion.model_name, champion.version)
     with _lock:
         if key in _models:
             _models.move_to_end(key)
             return _models[key]
-        model = _load(champion)
+        try:
+            # By the version's concrete location: the alias may have moved since.
+            model = model_loading.load_model(champion.source,
+                                             tracking_uri=champion.tracking_uri)
+        except TrackingStoreError as exc:
+            raise TryModelError(f"cannot load {champion.uri} (version {champion.version}) "
+                                f"from MLflow store {champion.store} ({exc.message}).",
+                                fix="check the model's artifacts in the MLflow UI.") from None
         _models[key] = model
         while len(_models) > CACHE_SIZE:
             _models.popitem(last=False)
@@ -211,34 +153,6 @@ def load(champion: Champion):
 def cached_versions() -> list[tuple[str, str, str]]:
     with _lock:
         return list(_models)
-
-
-def _load(champion: Champion):
-    import mlflow.artifacts
-    import mlflow.pyfunc
-    from mlflow.exceptions import MlflowException
-
-    # Imported first, so that the model's classes and errors are this checkout's
-    # theme_classifier, not the copy in the model's code/ folder (which pyfunc puts
-    # on sys.path, and which is deleted below).
-    import theme_classifier.pyfunc  # noqa: F401
-
-    with tempfile.TemporaryDirectory(prefix="themetune-model-") as folder:
-        try:
-            # Downloaded by its concrete location with an explicit store: a models:/ URI
-            # would be resolved against the process's global tracking URI.
-            path = mlflow.artifacts.download_artifacts(
-                artifact_uri=champion.source, dst_path=folder,
-                tracking_uri=champion.tracking_uri)
-            model = mlflow.pyfunc.load_model(path)
-        except (MlflowException, OSError) as exc:
-            raise TryModelError(f"cannot load {champion.uri} (version {champion.version}) "
-                                f"from MLflow store {champion.store} ({_first_line(exc)}).",
-                                fix="check the model's artifacts in the MLflow UI.") from None
-        finally:
-            sys.path[:] = [p for p in sys.path if not p.startswith(folder)]
-    # The weights were read into memory by load_context: the folder is no longer needed.
-    return model
 
 
 # ---------------------------------------------------------------- uploads, bounded
@@ -351,18 +265,17 @@ def predict(champion: Champion, files: list[Upload]) -> list[Prediction]:
                 upload.file.close()
 
 
-def _predict_one(model, upload: Upload) -> Prediction:
+def _predict_one(model: model_loading.LoadedModel, upload: Upload) -> Prediction:
     import pandas as pd
     from PIL import Image
-
-    from theme_classifier.pyfunc import UnreadableImageError
 
     if upload.file is None:
         return Prediction(upload.name, error=upload.refusal)
     data = upload.file.read()
     try:
         frame = model.predict(pd.DataFrame({"image": [data]}))
-    except (UnreadableImageError, Image.DecompressionBombError):
+    # The model's own error class: its shipped code is not this checkout's.
+    except (model.unreadable_error, Image.DecompressionBombError):
         return Prediction(upload.name, error=_("not an image file"))
     # Columns: label, probability, then one per class (by position: a class may be
     # named "label").

@@ -18,7 +18,7 @@ import optuna.distributions as od
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tuning.tracking import mlflow_runs
+from tuning.tracking import runs
 from tuning.tracking.callbacks import ORPHAN_REASON, StudyCallback
 from tuning.tracking.ledger import COMPLETE, RUNNING, StudyLedger
 from tuning.optuna_adapter import StudySearch, open_storage
@@ -41,7 +41,7 @@ def _epoch(epoch: int) -> dict:
 class Driver:
     """One driver process: its searcher and callback, fed as Tune feeds them."""
 
-    def __init__(self, study: mlflow_runs.MlflowStudy, storage_url, tmp_path: Path):
+    def __init__(self, study: runs.MlflowStudy, storage_url, tmp_path: Path):
         self.searcher = StudySearch(space=SPACE, metric="test_acc", mode="max",
                                     sampler=optuna.samplers.TPESampler(seed=1),
                                     study_name="recon", storage=open_storage(storage_url))
@@ -86,7 +86,7 @@ class Driver:
 @pytest.mark.parametrize("storage", ["memory", "sqlite"])
 def test_reliability_resume_reconciles_what_happened_after_the_snapshot(tmp_path, storage):
     url = None if storage == "memory" else f"sqlite:///{tmp_path / 'optuna.db'}"
-    study = mlflow_runs.open_study_runs(
+    study = runs.open_study_runs(
         tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment_name="recon",
         run_name="parent", tags={"themetune.role": "parent"})
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -153,6 +153,6 @@ def test_reliability_resume_reconciles_what_happened_after_the_snapshot(tmp_path
     assert live.searcher.study.trials[ledger.get("b").number].value == 0.9
     assert states[orphan_number] == "FAIL"
     assert "RUNNING" not in states.values(), states
-    children = mlflow_runs.child_runs(study)
+    children = runs.child_runs(study)
     names = [c.info.run_name for c in children]
     assert len(names) == len(set(names)) == 4, names

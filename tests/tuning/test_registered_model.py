@@ -26,7 +26,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import ROOT, tiny_config_files
-from tuning.tracking import mlflow_runs
+from tuning.tracking import registry, retrying
 from tuning.config import ConfigFiles, Overrides, load_study_config
 from tuning.data import prepare_data
 from tuning.tracking.progress import ProgressDisplay
@@ -182,18 +182,18 @@ def test_registry_champion_alias_tags_signature_and_example(plain_study):
 
 def test_champion_moves_only_for_a_better_value(plain_study):
     mlflow.set_tracking_uri(plain_study.tracking_uri)   # mlflow.register_model's store
-    client = mlflow_runs.RetryingClient(MlflowClient(plain_study.tracking_uri))
+    client = retrying.RetryingClient(MlflowClient(plain_study.tracking_uri))
     outcome = plain_study.outcome
     source = client.get_model_version_by_alias(plain_study.model_name, "champion").source
     common = dict(model_uri=source, model_name=plain_study.model_name,
                   tags={}, description="d", metric="test_acc", direction="maximize")
-    worse = mlflow_runs.register_best(client, value=outcome.best_value - 0.5, **common)
+    worse = registry.register_best(client, value=outcome.best_value - 0.5, **common)
     assert not worse.moved and worse.champion_version == outcome.model_version
     assert "alias left in place" in worse.reason
-    other_metric = mlflow_runs.register_best(client, **{**common, "metric": "test_loss",
-                                                        "direction": "minimize"}, value=0.0)
+    other_metric = registry.register_best(client, **{**common, "metric": "test_loss",
+                                                     "direction": "minimize"}, value=0.0)
     assert not other_metric.moved and "not comparable" in other_metric.reason
-    better = mlflow_runs.register_best(client, value=outcome.best_value + 0.5, **common)
+    better = registry.register_best(client, value=outcome.best_value + 0.5, **common)
     assert better.moved
     assert str(client.get_model_version_by_alias(plain_study.model_name, "champion").version) == \
         better.version
@@ -204,10 +204,10 @@ def test_champion_moves_only_for_a_better_value(plain_study):
 def test_a_parent_run_registers_one_version_even_when_its_bookkeeping_is_redone(plain_study):
     """A resume that redoes a dead driver's bookkeeping after it had registered."""
     mlflow.set_tracking_uri(plain_study.tracking_uri)
-    client = mlflow_runs.RetryingClient(MlflowClient(plain_study.tracking_uri))
+    client = retrying.RetryingClient(MlflowClient(plain_study.tracking_uri))
     outcome = plain_study.outcome
     before = client.search_model_versions(f"name = '{plain_study.model_name}'")
-    again = mlflow_runs.register_best(
+    again = registry.register_best(
         client, model_uri=before[0].source, model_name=plain_study.model_name,
         tags={"parent_run_id": outcome.parent_run_id}, description="d", metric="test_acc",
         direction="maximize", value=outcome.best_value)

@@ -32,7 +32,7 @@ def make_champion(folder: Path) -> str:
     import torch
 
     from theme_classifier.network import build_network
-    from tuning.tracking import mlflow_runs
+    from tuning.tracking import registry, retrying
     from tuning.data import PreprocessSettings
     from tuning.tracking.model_package import description, log_classifier, preprocessing_of
 
@@ -47,14 +47,14 @@ def make_champion(folder: Path) -> str:
     network = build_network("ResNet18", num_classes=len(CLASS_NAMES), in_channels=1)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)   # what the driver's open_study_runs sets
-        client = mlflow_runs.client()
+        client = retrying.client()
         run = client.create_run(client.create_experiment(THEME_NAME))
         model_uri = log_classifier(run.info.run_id, name="model",
                                    network_state=network.state_dict(),
                                    architecture="ResNet18", class_names=CLASS_NAMES,
                                    preprocessing=pre, example_image=str(example))
-        registration = mlflow_runs.register_best(
-            client, model_uri=model_uri, model_name=f"{THEME_NAME}_model", tags={},
+        registration = registry.register_best(
+            client, model_uri=model_uri, model_name=registry.model_name(THEME_NAME), tags={},
             description=description(CLASS_NAMES, pre), metric="test_acc",
             direction="maximize", value=0.5)
     assert registration.champion_version == "1"
@@ -210,6 +210,82 @@ def test_no_champion_is_said_plainly(client, tryer, theme, make_study, tmp_path,
         response = client.post(url, {"images": [SimpleUploadedFile("a.png", b"x")]})
         assert response.status_code == 200 and 'id="no-champion"' in response.content.decode()
     assert not missing.exists() and not missing.parent.exists()
+
+
+def _local_folder(uri: str) -> Path:
+    return Path(uri.removeprefix("file://"))
+
+
+def test_a_champion_runs_the_code_it_shipped_with(tmp_path, digits_dir, champion_store):
+    """An old champion runs the theme_classifier copy inside it, not this checkout's,
+    while another model and the checkout's own modules stay as they were."""
+    import sys
+
+    import theme_classifier.pyfunc
+    from tuning.tracking import registry
+
+    checkout_module = sys.modules["theme_classifier.pyfunc"]
+    uri = make_champion(tmp_path)
+    shipped = try_model.find_champion(tracking_uri=uri, theme_name=THEME_NAME)
+    # The copy of theme_classifier that travels inside the logged model, made to label
+    # every class with a marker.
+    code = _local_folder(registry.champion(tracking_uri=uri, name=f"{THEME_NAME}_model")
+                         .source) / "code" / "theme_classifier" / "pyfunc.py"
+    text = code.read_text()
+    original = 'self.class_names: list[str] = list(meta["class_names"])'
+    assert original in text
+    code.write_text(text.replace(original, 'self.class_names = ["shipped-" + n for n in '
+                                           'meta["class_names"]]'))
+    today = try_model.find_champion(tracking_uri=champion_store, theme_name=THEME_NAME)
+    image = sorted(digits_dir.glob("*/*.png"))[0]
+
+    def labels(champion) -> list[str]:
+        upload = try_model.Upload(image.name, io.BytesIO(image.read_bytes()))
+        prediction, unreadable = try_model.predict(
+            champion, [upload, try_model.Upload("notes.txt", io.BytesIO(b"no image"))])
+        assert unreadable.error == "not an image file"   # the model's own error class
+        return [c.name for c in prediction.top]
+
+    for _ in range(2):   # loaded once each, then from the cache: neither clobbers the other
+        assert all(name.startswith("shipped-") for name in labels(shipped))
+        assert set(labels(today)) <= set(CLASS_NAMES)
+    assert sys.modules["theme_classifier.pyfunc"] is checkout_module is theme_classifier.pyfunc
+    assert "shipped-" not in Path(checkout_module.__file__).read_text()
+
+
+def test_the_shipped_code_binds_its_own_modules_at_import():
+    """A model's code is loaded apart from the checkout's (tracking.model_loading) and
+    then runs with the checkout's modules back in sys.modules: an import of
+    theme_classifier inside a function would find the checkout's copy at predict time."""
+    import ast
+
+    import theme_classifier
+
+    for path in Path(theme_classifier.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for function in ast.walk(tree):
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(function):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                         [node.module or "."] if isinstance(node, ast.ImportFrom) else [])
+                assert not any(n == "theme_classifier" or n.startswith("theme_classifier.")
+                               or n.startswith(".") or getattr(node, "level", 0)
+                               for n in names), (path.name, function.name, names)
+
+
+def test_a_logged_model_pins_the_versions_it_was_trained_with(champion_store):
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    from tuning.tracking import registry
+
+    found = registry.champion(tracking_uri=champion_store, name=f"{THEME_NAME}_model")
+    lines = (_local_folder(found.source) / "requirements.txt").read_text().split()
+    pinned = dict(line.split("==") for line in lines)
+    for name in ("torch", "torchvision", "numpy", "pillow", "pandas", "mlflow"):
+        assert pinned[name] == Version(version(name)).public, (name, lines)
 
 
 def test_trying_needs_the_permission(client, viewer, theme, make_study, champion_store,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import shlex
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -20,18 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from tuning import storage
+from tuning.errors import ResumeError
 from tuning.recovery import lease
 from tuning.storage import absolute_url
-from tuning.errors import ThemetuneError
+from tuning.tracking import registry
+from tuning.tracking.ledger import COMPLETE, FINAL_STATES, TrialRecord
 
 RESUME_FILE = "themetune_resume.json"
 CONFIG_COPY = "themetune_configs"
 FORMAT_VERSION = 1
 CONFIG_NAMES = ("optuna_params", "params", "config", "augments")
-
-
-class ResumeError(ThemetuneError):
-    """`--resume` names no resumable study, or asks to change what it ran with."""
 
 
 @dataclass
@@ -178,10 +175,10 @@ def check_same(info: ResumeInfo, *, theme_id: int | None, storage: str | None,
             raise ResumeError(f"{flag} {new} differs from the study's {old}; a resumed study "
                               f"runs exactly as it started.", key=flag,
                               fix=f"leave {flag} out (or start a new study).")
-    env_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    env_uri = registry.tracking_uri_from_env()
     if env_uri and absolute_url(env_uri) != info.tracking_uri:
-        raise ResumeError(f"MLFLOW_TRACKING_URI is {env_uri} but the study logs to "
-                          f"{info.tracking_uri}.", key="MLFLOW_TRACKING_URI",
+        raise ResumeError(f"{registry.TRACKING_URI_ENV} is {env_uri} but the study logs to "
+                          f"{info.tracking_uri}.", key=registry.TRACKING_URI_ENV,
                           fix=f"unset it or set it to {info.tracking_uri}.")
 
 
@@ -205,6 +202,9 @@ def restore_tuner(experiment_path: str, trainable, *, searcher, scheduler, callb
     """
     from ray import tune
 
+    # Ray-heavy, like ray above: this module stays cheap for the web's resumable check.
+    from tuning.tracking.callbacks import file_loggers
+
     tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True,
                                resume_errored=False, restart_errored=False)
     # Ray has no public way to swap these on restore (Tuner.restore takes only the
@@ -215,8 +215,6 @@ def restore_tuner(experiment_path: str, trainable, *, searcher, scheduler, callb
                            "tuning/recovery/resume.py:restore_tuner needs updating")
     internal._tune_config.search_alg = searcher
     internal._tune_config.scheduler = scheduler
-    from tuning.tracking.callbacks import file_loggers
-
     internal._run_config.callbacks = [callback, *file_loggers()]
     return tuner
 
@@ -248,13 +246,13 @@ def decided_ledger(experiment_path: str, study_runs, ledger):
     restored, Tune would start again each trial that its last snapshot (which may
     predate the trial) did not see end.
     """
-    from tuning.tracking import mlflow_runs
-    from tuning.tracking.ledger import FINAL_STATES
+    # MLflow-heavy: this module stays cheap for the web's resumable check.
+    from tuning.tracking import runs
 
-    runs = mlflow_runs.child_runs(study_runs)
-    decided = [r for r in runs if r.info.status != "RUNNING"
+    children = runs.child_runs(study_runs)
+    decided = [r for r in children if r.info.status != "RUNNING"
                and r.data.tags.get("optuna.trial_state") in FINAL_STATES]
-    if len(decided) < max(ledger.n_trials, len(runs)):
+    if len(decided) < max(ledger.n_trials, len(children)):
         return None
     folders = _trial_folders(experiment_path)
     for run in decided:
@@ -278,9 +276,9 @@ def _trial_folders(experiment_path: str) -> list[str]:
 def _decided_record(run, experiment_path: str, folders: list[str], metric: str, study_runs):
     """A ledger record of a trial that ended, from its child run and its trial folder
     (Tune names it <trainable>_<trial id>_...; its params.json holds the typed params)."""
-    from tuning.tracking import mlflow_runs
+    # MLflow- and Ray-heavy: this module stays cheap for the web's resumable check.
+    from tuning.tracking import runs
     from tuning.tracking.callbacks import END_REASON
-    from tuning.tracking.ledger import COMPLETE, TrialRecord
 
     tags = run.data.tags
     trial_id, complete = tags.get("ray.trial_id", ""), tags["optuna.trial_state"] == COMPLETE
@@ -296,8 +294,8 @@ def _decided_record(run, experiment_path: str, folders: list[str], metric: str, 
         state=tags["optuna.trial_state"], child_run_id=run.info.run_id,
         value=run.data.metrics.get(metric) if complete else None, error=tags.get(END_REASON),
         checkpoint_path=checkpoint,
-        model_uri=(mlflow_runs.logged_model_uri(study_runs.client, study_runs.experiment_id,
-                                                run.info.run_id) if complete else None))
+        model_uri=(runs.logged_model_uri(study_runs.client, study_runs.experiment_id,
+                                         run.info.run_id) if complete else None))
 
 
 def _last_checkpoint(experiment_path: str, trial_folder: str) -> str | None:

@@ -17,7 +17,7 @@ from ray import tune
 from ray.air._internal.json import SafeFallbackEncoder
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
 
-from tuning.tracking import mlflow_runs, output
+from tuning.tracking import output, runs
 from tuning.tracking.ledger import (COMPLETE, FAIL, FINAL_STATES, KILLED, PRUNED, RUNNING, StudyLedger,
                            TrialRecord)
 from tuning.optuna_adapter import MLFLOW_RUN_ATTR
@@ -38,7 +38,7 @@ ORPHAN_REASON = ("started after the last state snapshot of a driver that died: t
 
 
 class StudyCallback(tune.Callback):
-    def __init__(self, *, ledger: StudyLedger, mlflow_study: mlflow_runs.MlflowStudy,
+    def __init__(self, *, ledger: StudyLedger, mlflow_study: runs.MlflowStudy,
                  trial_number: Callable[[str], int], recorder: StudyRecorder,
                  progress: ProgressDisplay, log_model: Callable[[TrialRecord], None] | None,
                  searcher=None):
@@ -64,7 +64,7 @@ class StudyCallback(tune.Callback):
             record.state = RUNNING
             if trial.trial_id in self._reopen:
                 self._reopen.discard(trial.trial_id)
-                mlflow_runs.reopen_run(self.mlflow.client, record.child_run_id)
+                runs.reopen_run(self.mlflow.client, record.child_run_id)
                 self.recorder.trial_started(TrialStart(
                     number=record.number, ray_trial_id=trial.trial_id, params=record.params,
                     mlflow_run_id=record.child_run_id))
@@ -73,12 +73,12 @@ class StudyCallback(tune.Callback):
         record = TrialRecord(ray_trial_id=trial.trial_id,
                              number=self.trial_number(trial.trial_id),
                              params=dict(trial.config))
-        record.child_run_id = mlflow_runs.create_child_run(
+        record.child_run_id = runs.create_child_run(
             self.mlflow, name=f"trial_{record.number}",
             tags={"ray.trial_id": trial.trial_id, "optuna.trial_number": str(record.number)})
         if self.searcher is not None:  # optuna-dashboard's way to the trial's MLflow run
             self.searcher.tag_trial(trial.trial_id, {MLFLOW_RUN_ATTR: record.child_run_id})
-        mlflow_runs.log_params(self.mlflow.client, record.child_run_id, record.params)
+        runs.log_params(self.mlflow.client, record.child_run_id, record.params)
         self.ledger.add(record)
         self.recorder.trial_started(TrialStart(number=record.number,
                                                ray_trial_id=trial.trial_id,
@@ -119,12 +119,12 @@ class StudyCallback(tune.Callback):
             record.resumed_from_epoch = resumed
             tags[RESUMED_FROM] = str(resumed)
         if tags:
-            mlflow_runs.set_tags(client, record.child_run_id, tags)
+            runs.set_tags(client, record.child_run_id, tags)
         # A retried trial re-reports epochs after its checkpoint: log each step once.
         if epoch not in record.epochs_logged:
             record.epochs_logged.add(epoch)
-            mlflow_runs.log_metrics(client, record.child_run_id, metrics, step=epoch,
-                                    timestamp_ms=int(result.get("timestamp", time.time()) * 1000))
+            runs.log_metrics(client, record.child_run_id, metrics, step=epoch,
+                             timestamp_ms=int(result.get("timestamp", time.time()) * 1000))
             self.recorder.trial_result(TrialResult(number=record.number, epoch=epoch,
                                                    metrics=metrics, node=record.node_id))
         self.progress.update(self.ledger)
@@ -175,9 +175,9 @@ class StudyCallback(tune.Callback):
             reason = f"{reason} [on node {record.node_id}]"
         log.warning("Trial %d failed (%s); retry %d from its last checkpoint.",
                     record.number, reason, record.retries)
-        mlflow_runs.set_tags(self.mlflow.client, record.child_run_id,
-                             {RETRIES: str(record.retries),
-                              f"{RETRY_REASON}_{record.retries}": reason})
+        runs.set_tags(self.mlflow.client, record.child_run_id,
+                      {RETRIES: str(record.retries),
+                       f"{RETRY_REASON}_{record.retries}": reason})
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -189,8 +189,8 @@ class StudyCallback(tune.Callback):
         tags = {"optuna.trial_state": state}
         if reason:
             tags[END_REASON] = reason
-        mlflow_runs.set_tags(client, record.child_run_id, tags)
-        mlflow_runs.end_run(client, record.child_run_id, MLFLOW_STATUS[state])
+        runs.set_tags(client, record.child_run_id, tags)
+        runs.end_run(client, record.child_run_id, MLFLOW_STATUS[state])
         self.recorder.trial_finished(TrialEnd(number=record.number, state=state,
                                               value=record.value, error=reason))
         self.progress.update(self.ledger, force=True)
@@ -210,7 +210,7 @@ class StudyCallback(tune.Callback):
         client = self.mlflow.client
         by_run = {r.child_run_id: r for r in self.ledger.trials.values()}
         orphans = []
-        for run in mlflow_runs.child_runs(self.mlflow):
+        for run in runs.child_runs(self.mlflow):
             record = by_run.get(run.info.run_id)
             if record is None:
                 orphans.append(run)
@@ -222,10 +222,10 @@ class StudyCallback(tune.Callback):
             # the searcher knew it) or never runs it. Its partial epochs would only
             # duplicate or contradict the trial's run: kept, FAILED and deleted (MLflow
             # can restore deleted runs), so each trial has one live child run.
-            mlflow_runs.set_tags(client, run.info.run_id, {END_REASON: ORPHAN_REASON,
-                                                           "optuna.trial_state": FAIL})
-            mlflow_runs.end_run(client, run.info.run_id, "FAILED")
-            mlflow_runs.delete_run(client, run.info.run_id)
+            runs.set_tags(client, run.info.run_id, {END_REASON: ORPHAN_REASON,
+                                                    "optuna.trial_state": FAIL})
+            runs.end_run(client, run.info.run_id, "FAILED")
+            runs.delete_run(client, run.info.run_id)
             number = run.data.tags.get("optuna.trial_number", "")
             if number.isdigit():
                 numbers.append(int(number))
@@ -238,7 +238,7 @@ class StudyCallback(tune.Callback):
 
     def _reconcile_record(self, record: TrialRecord, run) -> None:
         client = self.mlflow.client
-        record.epochs_logged |= mlflow_runs.logged_steps(client, run.info.run_id, EPOCH_METRICS)
+        record.epochs_logged |= runs.logged_steps(client, run.info.run_id, EPOCH_METRICS)
         state = run.data.tags.get("optuna.trial_state")
         if run.info.status == "RUNNING":
             return
@@ -250,8 +250,8 @@ class StudyCallback(tune.Callback):
         record.value = run.data.metrics.get(self.ledger.metric) if state == COMPLETE else None
         record.ended = (run.info.end_time or time.time() * 1000) / 1000
         if state == COMPLETE:
-            record.model_uri = mlflow_runs.logged_model_uri(client, self.mlflow.experiment_id,
-                                                            run.info.run_id)
+            record.model_uri = runs.logged_model_uri(client, self.mlflow.experiment_id,
+                                                     run.info.run_id)
         if self.searcher is not None:
             self.searcher.decide(record.ray_trial_id, state, record.value)
         self.recorder.trial_finished(TrialEnd(number=record.number, state=state,

@@ -11,23 +11,33 @@ import io
 import json
 import logging
 import tempfile
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from packaging.version import Version
 from PIL import Image
 
 import theme_classifier
 from theme_classifier.preprocess import Preprocessing, decode
 from theme_classifier.pyfunc import (INPUT_COLUMN, METADATA_ARTIFACT, NETWORK_ARTIFACT,
                                      ThemeClassifier)
-from tuning.tracking import mlflow_runs
+from tuning.tracking import retrying
 
 CODE_PATH = str(Path(theme_classifier.__file__).resolve().parent)
 NETWORK_FILE = "network.pt"
 METADATA_FILE = "classifier.json"
-REQUIREMENTS = ["torch", "torchvision", "numpy", "pillow", "pandas"]
+# What the shipped code imports, and MLflow to load it.
+REQUIRED_PACKAGES = ("torch", "torchvision", "numpy", "pillow", "pandas", "mlflow")
+
+
+def pinned_requirements() -> list[str]:
+    """REQUIRED_PACKAGES at the versions this process trains with, so that a model
+    deployed later runs on what it was measured with. A local label (torch's +cpu,
+    +cu121) is dropped: PyPI knows none, and the wheel's index decides it."""
+    return [f"{name}=={Version(version(name)).public}" for name in REQUIRED_PACKAGES]
 
 
 def preprocessing_of(settings, *, mean: list[float], std: list[float]) -> Preprocessing:
@@ -62,7 +72,7 @@ def log_classifier(run_id: str, *, name: str, network_state: dict, architecture:
                    class_names: tuple[str, ...], preprocessing: Preprocessing,
                    example_image: str) -> str:
     """Log the pyfunc model into a run; returns the model URI to register."""
-    return mlflow_runs.call(_log_classifier, run_id, name=name, network_state=network_state,
+    return retrying.call(_log_classifier, run_id, name=name, network_state=network_state,
                             architecture=architecture, class_names=class_names,
                             preprocessing=preprocessing, example_image=example_image)
 
@@ -89,7 +99,7 @@ def _log_classifier(run_id: str, *, name: str, network_state: dict, architecture
                            METADATA_ARTIFACT: str(metadata_file)},
                 code_paths=[CODE_PATH], signature=signature(class_names),
                 input_example=input_example(example_image, preprocessing),
-                pip_requirements=REQUIREMENTS)
+                pip_requirements=pinned_requirements())
     return info.model_uri
 
 

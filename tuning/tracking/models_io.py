@@ -7,7 +7,7 @@ class names out, with the study's preprocessing and the trial's normalization in
 from __future__ import annotations
 
 from theme_classifier.preprocess import Preprocessing
-from tuning.tracking import mlflow_runs, model_package
+from tuning.tracking import model_package, retrying, runs
 from tuning import storage
 from tuning.tracking.ledger import TrialRecord
 
@@ -55,9 +55,9 @@ class ModelLogger:
         if record.checkpoint_path is None or record.model_uri is not None:
             return
         record.model_uri, _ = self._log(record.child_run_id, record,
-                                        name=mlflow_runs.MODEL_ARTIFACT)
+                                        name=runs.MODEL_ARTIFACT)
         params = self.plan.config.trial_params(record.params)
-        mlflow_runs.log_yaml(mlflow_runs.client(), record.child_run_id, params.model_dump(),
+        runs.log_yaml(retrying.client(), record.child_run_id, params.model_dump(),
                              "trial_config.yaml")
 
     def log_best(self, best: TrialRecord, *, parent_run_id: str) -> tuple[str, Preprocessing]:
@@ -70,5 +70,5 @@ class ModelLogger:
         if self.plan.config.infra.mlflow.log_models == "best":
             self.log_trial_model(best)
         parent_uri, preprocessing = self._log(parent_run_id, best,
-                                              name=mlflow_runs.BEST_MODEL_ARTIFACT)
+                                              name=runs.BEST_MODEL_ARTIFACT)
         return best.model_uri or parent_uri, preprocessing

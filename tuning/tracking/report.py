@@ -6,6 +6,7 @@ import shlex
 
 from tuning.config.search_space import format_space
 from tuning.redact import redact_url
+from tuning.tracking.registry import champion_uri
 
 
 def print_dry_run(plan) -> None:
@@ -48,7 +49,3 @@ def print_outcome(plan, outcome) -> None:
               f"{champion_uri(registration.model_name)} {shlex.quote(example)}")
     counts = ", ".join(f"{v} {k.lower()}" for k, v in outcome.counts.items() if v)
     print(f"trials:          {counts}")
-
-
-def champion_uri(model_name: str) -> str:
-    return f"models:/{model_name}@champion"

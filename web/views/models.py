@@ -56,13 +56,12 @@ def study_try_model(request, study_id: int, *, limits):
 
 
 def _page(request, limits, *, theme_id, theme_name, study, tracking_uri):
-    name = try_model.model_name(theme_name)
     context = {"theme_id": theme_id, "theme_name": theme_name, "study": study,
                "store": try_model.shown_uri(tracking_uri), "champion": None,
                "try_model": try_model.form_context(theme_name)}
     try:
         context["champion"] = champion = try_model.find_champion(
-            tracking_uri=tracking_uri, name=name)
+            tracking_uri=tracking_uri, theme_name=theme_name)
         if champion is not None and limits is not None:
             context.update(_predictions(request, limits, champion))
     except try_model.TryModelError as exc:

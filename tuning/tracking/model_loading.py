@@ -1,0 +1,94 @@
+"""Load a logged model with the code it shipped with, as in a fresh process.
+
+A model carries a copy of `theme_classifier` (its `code/` folder, model_package). A
+process that already imported this checkout's `theme_classifier` (the web, which also
+trains) would otherwise run an old champion with today's preprocessing: Python finds a
+module in sys.modules before it looks at the model's folder. So the checkout's modules
+are set aside while MLflow loads the model, and put back afterwards; the model keeps the
+module objects it loaded, which are bound by their own globals, so two models of
+different code live side by side in one process.
+
+This holds because `theme_classifier` imports all of its own modules at the top (no
+import inside a function would look `theme_classifier.*` up again at predict time;
+tests/web/test_web_try_model.py checks it).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from tuning.errors import TrackingStoreError
+from tuning.tracking import registry
+
+SHIPPED_PACKAGE = "theme_classifier"
+# sys.modules and sys.path are the process's: one load at a time.
+_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    pyfunc: object                          # mlflow.pyfunc.PyFuncModel
+    unreadable_error: type[Exception]       # its code's UnreadableImageError
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.pyfunc.unwrap_python_model().class_names)
+
+    def predict(self, frame):
+        return self.pyfunc.predict(frame)
+
+
+def load_model(uri: str, *, tracking_uri: str) -> LoadedModel:
+    """The model at `uri` (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/..., or a
+    version's download URI) in the store `tracking_uri`, with its shipped code. Raises
+    TrackingStoreError (the cause, one line) when it cannot be loaded."""
+    import mlflow.artifacts
+    import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
+
+    if registry.store_missing(tracking_uri):
+        raise TrackingStoreError(f"no MLflow store at {tracking_uri}")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    with _lock, tempfile.TemporaryDirectory(prefix="themetune-model-") as folder:
+        try:
+            # Downloaded with an explicit store: a models:/ URI would otherwise be
+            # resolved against the process's global tracking URI.
+            path = mlflow.artifacts.download_artifacts(
+                artifact_uri=uri, dst_path=folder, tracking_uri=tracking_uri,
+                registry_uri=registry.registry_uri(tracking_uri))
+            with _shipped_code_only() as shipped:
+                pyfunc = mlflow.pyfunc.load_model(path)
+        except (MlflowException, OSError) as exc:
+            raise TrackingStoreError(registry.first_line(exc)) from None
+    # The weights were read into memory by load_context: the folder is no longer needed.
+    module = shipped.get(f"{SHIPPED_PACKAGE}.pyfunc")
+    error = getattr(module, "UnreadableImageError", None)
+    return LoadedModel(pyfunc, error if isinstance(error, type) else ValueError)
+
+
+@contextmanager
+def _shipped_code_only():
+    """Inside: no `theme_classifier` module in sys.modules, so that loading imports the
+    model's copy. After: the checkout's modules and sys.path as they were; yields the
+    modules the model loaded (filled in on the way out)."""
+    def ours() -> dict:
+        return {name: module for name, module in sys.modules.items()
+                if name == SHIPPED_PACKAGE or name.startswith(f"{SHIPPED_PACKAGE}.")}
+
+    checkout, path = ours(), list(sys.path)
+    shipped: dict = {}
+    for name in checkout:
+        del sys.modules[name]
+    try:
+        yield shipped
+    finally:
+        shipped.update(ours())
+        for name in shipped:
+            del sys.modules[name]
+        sys.modules.update(checkout)
+        sys.path[:] = path   # pyfunc put the model's code/ folder first
