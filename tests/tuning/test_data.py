@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from tuning.data import PreprocessSettings, decode, keys, prepare_data
-from tuning.errors import DataError
 from tuning.data.theme import Sample, ThemeSpec
+from tuning.errors import DataError
 
 BASE = PreprocessSettings(image_size=8, channels=3, brightness=None, patch_size=None,
                           patch_stride=None, split=(0.6, 0.2, 0.2), seed=0,

@@ -11,9 +11,9 @@ from typing import Any, Literal, Union
 import optuna.distributions as od
 from pydantic import Field, ValidationError, model_validator
 
+from tuning.config.params import MAX_ID, Strict
 from tuning.config.validation_errors import config_error_from_validation, printable
 from tuning.errors import ConfigError, shown_value
-from tuning.config.params import MAX_ID, Strict
 
 Scalar = Union[bool, int, float, str, None]
 # Optuna stores every sampled value in SQLite: an int past 64 bits cannot be stored.
