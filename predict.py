@@ -25,6 +25,7 @@ DEFAULT_CONFIG = REPO / "configs" / "config.yaml"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # Files per predict call: bounds memory for folders of large photos.
 BATCH = 64
+UNREADABLE = "not a readable image file"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -122,13 +123,19 @@ def predict_files(model: model_loading.LoadedModel, files: list[Path]):
             # Find the culprits one by one; the batch's good files still get labels.
             for path, cell in zip(readable, cells):
                 try:
-                    row = model.predict(pd.DataFrame({"image": [cell]})).iloc[0]
-                    yield path, row, None
+                    alone = model.predict(pd.DataFrame({"image": [cell]}))
                 except UnreadableImageError:
-                    yield path, None, "not a readable image file"
+                    yield path, None, UNREADABLE
+                else:
+                    yield _answer(model, path, alone.iloc[0])
             continue
         for path, (_, row) in zip(readable, frame.iterrows()):
-            yield path, row, None
+            yield _answer(model, path, row)
+
+
+def _answer(model: model_loading.LoadedModel, path: Path, row):
+    row, error = model.split_row(row)
+    return (path, None, UNREADABLE) if error else (path, row, None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,7 @@ from tuning.data import PreprocessSettings, TrialData, prepare_data
 from tuning.data.mode import DataMode, choose_mode
 from tuning.data.shards import prepare_shards, shard_root
 from tuning.errors import (ConfigError, MetricError, Reported, StorageError, StudyFailedError,
-                           StudyStoppedError, ThemeError, ThemetuneError, TrackingLostError)
+                           ThemeError, ThemetuneError, TrackingLostError)
 from tuning.recovery.interrupts import (PHASE_RAY_STARTED, PHASE_STUDY_STARTED, StopRequest,
                                          StudyInterrupted)
 from tuning.tracking.ledger import StudyLedger

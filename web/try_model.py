@@ -4,8 +4,9 @@ The web UI's use of the registered model, through the registry's door (tracking.
 and never writing to it: the theme's champion in the MLflow store the theme's studies
 recorded to, loaded as the MLflow pyfunc it is with the code it shipped with
 (tracking.model_loading) and kept in this process, keyed by (store, model name,
-version), so that only the first request after a new champion pays the load. Uploads are bounded while Django reads the
-request (UploadLimits), so a huge or endless upload never fills the server's disk.
+version), so that only the first request after a new champion pays the load. Uploads
+are bounded while Django reads the request (UploadLimits), so a huge or endless upload
+never fills the server's disk.
 """
 
 from __future__ import annotations
@@ -277,11 +278,11 @@ def _predict_one(model: model_loading.LoadedModel, upload: Upload) -> Prediction
     # The model's own error class: its shipped code is not this checkout's.
     except (model.unreadable_error, Image.DecompressionBombError):
         return Prediction(upload.name, error=_("not an image file"))
-    # Columns: label, probability, then one per class (by position: a class may be
-    # named "label").
-    row = frame.iloc[0]
+    row, error = model.split_row(frame.iloc[0])
+    if error:
+        return Prediction(upload.name, error=_("not an image file"))
     classes = [ClassProbability(str(name), float(p))
-               for name, p in zip(frame.columns[2:], row.iloc[2:])]
+               for name, p in zip(row.index[2:], row.iloc[2:])]
     classes.sort(key=lambda c: c.probability, reverse=True)
     return Prediction(upload.name, top=tuple(classes[:TOP]), thumbnail=_thumbnail(data))
 

@@ -32,8 +32,8 @@ def make_champion(folder: Path) -> str:
     import torch
 
     from theme_classifier.network import build_network
-    from tuning.tracking import registry, retrying
     from tuning.data import PreprocessSettings
+    from tuning.tracking import registry, retrying
     from tuning.tracking.model_package import description, log_classifier, preprocessing_of
 
     uri = f"sqlite:///{folder / 'mlflow.db'}"

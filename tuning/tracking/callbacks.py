@@ -17,11 +17,19 @@ from ray import tune
 from ray.air._internal.json import SafeFallbackEncoder
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
 
-from tuning.tracking import output, runs
-from tuning.tracking.ledger import (COMPLETE, FAIL, FINAL_STATES, KILLED, PRUNED, RUNNING, StudyLedger,
-                           TrialRecord)
-from tuning.optuna_adapter import MLFLOW_RUN_ATTR
 from tuning.config.params import EPOCH_METRICS, REPORTED_METRICS, is_final_result
+from tuning.optuna_adapter import MLFLOW_RUN_ATTR
+from tuning.tracking import output, runs
+from tuning.tracking.ledger import (
+    COMPLETE,
+    FAIL,
+    FINAL_STATES,
+    KILLED,
+    PRUNED,
+    RUNNING,
+    StudyLedger,
+    TrialRecord,
+)
 from tuning.tracking.progress import ProgressDisplay
 from tuning.tracking.recording import StudyRecorder, TrialEnd, TrialResult, TrialStart
 

@@ -42,6 +42,15 @@ class LoadedModel:
     def predict(self, frame):
         return self.pyfunc.predict(frame)
 
+    def split_row(self, row):
+        """A row of predict's frame as (its label, probability and one value per class;
+        the reason it is not a readable image, "" when it is). By position, as a class
+        may be named like a column: code that shipped later adds an `error` column after
+        the classes, older code has none and raises instead."""
+        width = 2 + len(self.class_names)
+        error = row.iloc[width] if len(row) > width else ""
+        return row.iloc[:width], str(error) if isinstance(error, str) else ""
+
 
 def load_model(uri: str, *, tracking_uri: str) -> LoadedModel:
     """The model at `uri` (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/..., or a

@@ -7,8 +7,8 @@ class names out, with the study's preprocessing and the trial's normalization in
 from __future__ import annotations
 
 from theme_classifier.preprocess import Preprocessing
-from tuning.tracking import model_package, retrying, runs
 from tuning import storage
+from tuning.tracking import model_package, retrying, runs
 from tuning.tracking.ledger import TrialRecord
 
 
