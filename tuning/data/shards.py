@@ -61,7 +61,6 @@ class ShardedData(TrialData[ShardSplit]):
     image_shape: tuple[int, int, int]   # (C, S, S) of each stored source image
     patch_size: int | None
     stride: int | None
-    train_sums: ChannelSums
     mode = "streaming"
 
 
