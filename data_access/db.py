@@ -10,12 +10,8 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connection
 
-from tuning.errors import ThemetuneError
+from tuning.errors import DatabaseUnusableError, ThemetuneError
 from tuning.redact import redact_text
-
-class DatabaseUnusableError(ThemetuneError):
-    """The database cannot be reached, has no themetune tables, or refuses a query."""
-
 
 MIGRATE_FIX = "run `python manage.py migrate` (with the same DATABASE_URL)."
 CONNECT_FIX = "check DATABASE_URL and that the database server is running and reachable."

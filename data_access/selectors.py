@@ -12,7 +12,7 @@ from django.db.models import Count
 
 from data_access.db import database_description, database_errors_as_user_errors
 from data_access.models import Theme, ThemeImage, TuningParamConfig, TuningStudy, TuningTrial
-from tuning.errors import ThemeError, ThemetuneError
+from tuning.errors import StudyNotFoundError, ThemeError
 from tuning.redact import redact_text
 from tuning.states import ACTIVE_STATUSES
 from tuning.data.theme import Sample, ThemeSpec
@@ -20,7 +20,6 @@ from tuning.data.theme import Sample, ThemeSpec
 __all__ = [
     "ParamConfigInfo",
     "StudyInfo",
-    "StudyNotFoundError",
     "ThemeSummary",
     "TrialInfo",
     "database_description",
@@ -45,10 +44,6 @@ THEME_LIST_FIX = (
     "list themes with `python manage.py list_themes` or import one with "
     "`python manage.py import_theme DIR --name NAME`."
 )
-
-
-class StudyNotFoundError(ThemetuneError):
-    """No study has the id asked for."""
 
 
 def theme_not_found(theme_id: int) -> ThemeError:

@@ -162,5 +162,17 @@ class PredictError(ThemetuneError):
     """predict.py: the model or the paths to label cannot be used."""
 
 
+class DatabaseUnusableError(ThemetuneError):
+    """The database cannot be reached, has no themetune tables, or refuses a query."""
+
+
+class StudyNotFoundError(ThemetuneError):
+    """No study has the id asked for."""
+
+
+class LaunchError(ThemetuneError):
+    """The web: the study could not be started, or its runner cannot be reached."""
+
+
 class TryModelError(ThemetuneError):
     """The web: the MLflow store cannot be read, or the champion cannot be loaded from it."""

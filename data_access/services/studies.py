@@ -9,7 +9,7 @@ from django.db import transaction
 
 from data_access.db import database_description
 from data_access.models import TuningParamConfig, TuningStudy, TuningTrial
-from data_access.selectors import StudyNotFoundError
+from tuning.errors import StudyNotFoundError
 from data_access.services._values import aware, finite_or_none, json_safe
 from data_access.services.themes import require_theme
 from tuning.redact import redact_url

@@ -76,7 +76,7 @@ def test_without_study_id_a_new_row_is_created(theme):
 
 
 def test_a_missing_row_is_a_user_error(theme):
-    from data_access.selectors import StudyNotFoundError
+    from tuning.errors import StudyNotFoundError
 
     with pytest.raises(StudyNotFoundError, match="Study 999 not found"):
         DjangoStudyRecorder(study_id=999).study_started(start_event(theme.id))

@@ -23,7 +23,8 @@ from data_access.models import TuningStudy
 from data_access.selectors import StudyInfo
 from tuning.states import StudyStatus
 from web.launch import local, ray_jobs
-from web.launch.start import LOG_NAME, LaunchError
+from tuning.errors import LaunchError
+from web.launch.start import LOG_NAME
 
 _TAIL_BYTES = 64 * 1024
 

@@ -21,16 +21,12 @@ from django.utils import timezone
 from data_access import selectors, services
 from data_access.models import TuningStudy
 from data_access.selectors import StudyInfo
-from tuning.errors import ThemetuneError
+from tuning.errors import LaunchError
 from tuning.states import StudyStatus
 from web.launch import local, ray_jobs
 from web.study_configs import StudyFiles
 
 LOG_NAME = "launch.log"
-
-
-class LaunchError(ThemetuneError):
-    """The study could not be started, or its runner cannot be reached."""
 
 
 def backend() -> str:

@@ -3,7 +3,8 @@ from __future__ import annotations
 from django.http import Http404
 
 from data_access import selectors
-from data_access.selectors import StudyInfo, StudyNotFoundError
+from data_access.selectors import StudyInfo
+from tuning.errors import StudyNotFoundError
 
 
 def study_or_404(study_id: int) -> StudyInfo:
