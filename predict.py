@@ -117,6 +117,8 @@ def predict_files(model: model_loading.LoadedModel, files: list[Path]):
                 readable.append(path)
             except OSError as exc:
                 yield path, None, f"cannot read ({exc.strerror or exc})"
+        if not cells:   # no file of the batch could be read: nothing to ask the model
+            continue
         try:
             frame = model.predict(pd.DataFrame({"image": cells}))
         except UnreadableImageError:

@@ -16,6 +16,7 @@ import optuna
 
 from tuning.tracking import output, registry, retrying, runs
 from tuning import storage
+from tuning.tracking import names
 from tuning.recovery import lease, resume as resume_files
 from tuning.data.augment import AugmentSettings
 from tuning.config import StudyConfig
@@ -123,6 +124,7 @@ def prepare_study(config: StudyConfig, theme: ThemeSpec, *, study_name: str | No
     exactly what the run accepts, and creates nothing: a storage file or MLflow store
     that does not exist yet is only checked to be creatable. Ray starts here only for
     a real run that must build streaming shards (decoded by tasks across the cluster)."""
+    names.check_study_theme(theme.name, theme.id)   # MLflow would refuse it at the end
     _check_theme_fits(config, theme)
     lease.stale_after_s()   # read only when a lease is found: a bad value is told now
     name = study_name or config.study.name
@@ -260,6 +262,7 @@ def _tune(run: "_StudyRun", models, *, progress, trainable) -> StudyOutcome:
                f"continue with: {resume_files.resume_command(run.experiment_path)}")
     _fit(tuner)
     run.callback.close_open_trials(reason="study ended before the trial finished")
+    lease.check_still_held(run.experiment_path)   # the end steps never run in two drivers
     return _finish_study(plan, study_runs, run.callback.ledger, models, run.recorder)
 
 
@@ -277,6 +280,7 @@ def _finish_bookkeeping(run: "_StudyRun", models) -> StudyOutcome | None:
         return None
     output.say(f"all {len(ledger.trials)} trials of {run.experiment_path} ended before its "
                f"driver died: finishing the study's bookkeeping, no trial runs again.")
+    lease.check_still_held(run.experiment_path)
     return _finish_study(run.plan, run.study_runs, ledger, models, run.recorder)
 
 

@@ -30,6 +30,7 @@ from data_access.models import Theme, ThemeImage
 from data_access.selectors import theme_not_found
 from data_access.services._values import json_safe
 from tuning.errors import DataError, ThemeError
+from tuning.tracking.names import theme_name_problem
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 # Formats Pillow may detect: a file named .png that is really a GIF is refused.
@@ -56,17 +57,20 @@ class _Item:
 
 def theme_import_folder(*, directory: str | os.PathLike[str], name: str,
                         description: str = "", strict: bool = True,
-                        on_skip: Callable[[DataError], None] | None = None) -> Theme:
+                        on_skip: Callable[[DataError], None] | None = None,
+                        on_ignore: Callable[[str], None] | None = None) -> Theme:
     """Import an ImageFolder tree: one sub-folder per class, images anywhere below it.
 
-    Files with other extensions and hidden files are ignored. A symbolic link, an image
+    Files with other extensions and hidden files are ignored; a hidden folder where the
+    class folders lie (`.git`, but also `...`) is passed to on_ignore as one line, as it
+    may be a class the user meant to import. A symbolic link, an image
     outside every class folder and an image Pillow cannot use are skipped, each passed
     to on_skip, unless strict: then the first one raises DataError. Raises ThemeError
     for a missing or badly shaped folder, a bad class folder name or a taken name. When
     it raises, nothing is written."""
     root = Path(directory).expanduser().absolute()
     name = _check_new_name(name)
-    skips = _Skips(strict=strict, on_skip=on_skip)
+    skips = _Skips(strict=strict, on_skip=on_skip, on_ignore=on_ignore)
     labels, items = _scan_image_folder(root, skips)
     items = _usable_images(root, items, skips)
     _check_every_class_has_images(root, labels, items, skipped=skips.count)
@@ -135,6 +139,10 @@ def _check_new_name(name: str) -> str:
             f"The theme name must be at most {NAME_MAX_LENGTH} characters "
             f"(got {len(name)}).", fix="pass a shorter --name.",
         )
+    problem = theme_name_problem(name)
+    if problem is not None:   # MLflow would refuse it when the theme's first study ends
+        raise ThemeError(f"The theme name {problem} (got {name!r}).",
+                         fix="pass another --name.")
     existing = Theme.objects.filter(name=name).values_list("id", flat=True).first()
     if existing is not None:
         raise ThemeError(
@@ -163,10 +171,17 @@ def shown_path(path: str | os.PathLike[str]) -> str:
 class _Skips:
     """Files left out of an import: each refuses it when strict, else is reported."""
 
-    def __init__(self, *, strict: bool, on_skip: Callable[[DataError], None] | None):
+    def __init__(self, *, strict: bool, on_skip: Callable[[DataError], None] | None,
+                 on_ignore: Callable[[str], None] | None = None):
         self.strict = strict
         self.on_skip = on_skip
+        self.on_ignore = on_ignore
         self.count = 0
+
+    def ignore(self, notice: str) -> None:
+        """Left out by rule, never refused: only told."""
+        if self.on_ignore is not None:
+            self.on_ignore(notice)
 
     def skip(self, error: DataError) -> None:
         if self.strict:
@@ -202,10 +217,15 @@ def _class_folders(root: Path, skips: _Skips) -> list[Path]:
     if not root.is_dir():
         raise ThemeError(f"{shown} is not a directory.", fix=fix_layout)
     try:
-        entries = sorted(entry for entry in root.iterdir() if _visible(entry.name))
+        everything = sorted(root.iterdir())
     except OSError as exc:
         raise ThemeError(f"Directory {shown} cannot be read: {exc.strerror}.",
                          fix="make it readable by this user.") from exc
+    entries = [entry for entry in everything if _visible(entry.name)]
+    for hidden in everything:
+        if not _visible(hidden.name) and not hidden.is_symlink() and hidden.is_dir():
+            skips.ignore(f"ignored the hidden folder {shown_path(hidden)}: a name that starts "
+                         f"with '.' is not a class folder (rename it to import its images).")
     links = [e for e in entries if e.is_symlink()]
     folders = [e for e in entries if not e.is_symlink() and e.is_dir()]
     loose = [e for e in entries if not e.is_symlink() and e.is_file() and _is_image_name(e.name)]

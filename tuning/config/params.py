@@ -7,9 +7,10 @@ The defaults are the original system's where it had one.
 from __future__ import annotations
 
 import copy
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationInfo, field_validator,
+                      model_validator)
 
 MODEL_NAMES = ("ResNet18", "ResNet50", "ResNet101")
 OPTIMIZERS = ("Adam", "SGD", "AdamW")
@@ -60,6 +61,36 @@ def is_final_result(result: dict) -> bool:
 class Strict(BaseModel):
     # No inf or nan: every number here is a count, a rate, a size or a time.
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, value: Any, info: ValidationInfo) -> Any:
+        # Pydantic reads `true` as 1 for a number: `steps_per_epoch: true` is a mistake.
+        if isinstance(value, bool) and info.field_name in cls.model_fields \
+                and _wants_number(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"a number is expected, not {str(value).lower()}")
+        return value
+
+
+def _wants_number(annotation: Any) -> bool:
+    """True when a field takes numbers and no bool (int, float, Literal[1, 3], unions)."""
+    kinds: set[str] = set()
+
+    def walk(a: Any) -> None:
+        if a is bool:
+            kinds.add("bool")
+        elif a in (int, float):
+            kinds.add("number")
+        elif get_origin(a) is Literal:
+            for v in get_args(a):
+                kinds.add("bool" if isinstance(v, bool) else
+                          "number" if isinstance(v, (int, float)) else "other")
+        else:
+            for arg in get_args(a):
+                walk(arg)
+
+    walk(annotation)
+    return "number" in kinds and "bool" not in kinds
 
 
 class ModelParams(Strict):

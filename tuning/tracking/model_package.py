@@ -22,8 +22,13 @@ from PIL import Image
 
 import theme_classifier
 from theme_classifier.preprocess import Preprocessing, decode
-from theme_classifier.pyfunc import (INPUT_COLUMN, METADATA_ARTIFACT, NETWORK_ARTIFACT,
-                                     ThemeClassifier)
+from theme_classifier.pyfunc import (
+    ERROR_COLUMN,
+    INPUT_COLUMN,
+    METADATA_ARTIFACT,
+    NETWORK_ARTIFACT,
+    ThemeClassifier,
+)
 from tuning.tracking import retrying
 
 CODE_PATH = str(Path(theme_classifier.__file__).resolve().parent)
@@ -54,7 +59,11 @@ def signature(class_names: tuple[str, ...]):
 
     outputs = [ColSpec(DataType.string, "label"), ColSpec(DataType.double, "probability")]
     outputs += [ColSpec(DataType.double, name) for name in class_names]
-    return ModelSignature(inputs=Schema([ColSpec(DataType.binary, INPUT_COLUMN)]),
+    outputs.append(ColSpec(DataType.string, ERROR_COLUMN))   # "" for a labelled row
+    # A string column, not binary: with binary, MLflow's scoring server decodes base64
+    # itself, refusing the whole batch at one null or bad cell, and for `instances` and
+    # `inputs` passes the text undecoded (theme_classifier.pyfunc decodes every form).
+    return ModelSignature(inputs=Schema([ColSpec(DataType.string, INPUT_COLUMN)]),
                           outputs=Schema(outputs))
 
 
@@ -107,8 +116,10 @@ def description(class_names: tuple[str, ...], preprocessing: Preprocessing) -> s
     return (f"Classifies an encoded image file (PNG, JPEG, BMP, ...; any size, grayscale, "
             f"RGB or RGBA) into one of {len(class_names)} classes: "
             f"{', '.join(class_names)}. Input: a DataFrame column `{INPUT_COLUMN}` of file "
-            f"bytes (or base64 text). Output: `label`, `probability` and one probability "
-            f"column per class. Preprocessing inside the model: "
+            f"bytes (or base64 text). Output: `label`, `probability`, one probability "
+            f"column per class and `{ERROR_COLUMN}`: a row that is not a readable image "
+            f"gets an empty label and its reason there, the others are still labelled. "
+            f"Preprocessing inside the model: "
             f"{preprocessing.describe()}")
 
 

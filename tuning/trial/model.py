@@ -7,6 +7,9 @@ model.freeze_backbone only its classifier trains.
 
 from __future__ import annotations
 
+import pickle
+import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -75,13 +78,63 @@ def load_pretrained(model: nn.Module, path: Path) -> None:
         raise ConfigError(f"weights file not found: {path}.", key="model.weights",
                           fix="point it to a local state_dict file, or remove the key.")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, ValueError) as exc:
-        raise ConfigError(f"weights file cannot be read as a state_dict: {path} ({exc}).",
-                          key="model.weights", fix="save it with torch.save(model.state_dict()).") from None
+        state = load_state_file(path)
+    except LOAD_ERRORS as exc:
+        raise ConfigError(f"weights file cannot be read as a state_dict: {path} "
+                          f"({load_problem(exc)}).", key="model.weights",
+                          fix="save it with torch.save(model.state_dict()).") from None
+    problem = state_dict_problem(state)
+    if problem is not None:
+        raise ConfigError(f"weights file does not hold a state_dict: {path} ({problem}).",
+                          key="model.weights", fix="save it with torch.save(model.state_dict()).")
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not usable:
         raise ConfigError(f"weights file shares no layer with the model: {path}.",
                           key="model.weights", fix="use weights saved from the same architecture.")
     model.load_state_dict(usable, strict=False)
+
+
+# What torch.load raises for a file that is not a state_dict it may load: garbage, an
+# empty or cut file, a damaged archive, a pickle of arbitrary objects.
+LOAD_ERRORS = (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError,
+               zipfile.BadZipFile, AttributeError, ImportError, IndexError, KeyError,
+               TypeError, UnicodeDecodeError)
+
+
+def load_state_file(path: Path):
+    """torch.load of tensors only (no code runs from the file), its warnings silenced:
+    errors are told by the caller in one line."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_problem(exc: BaseException) -> str:
+    """Why torch.load refused a file, in a few words. Never torch's own advice to load
+    with weights_only=False: that runs whatever code the file holds."""
+    if isinstance(exc, pickle.UnpicklingError):
+        return ("not a file written by torch.save, or it holds objects other than tensors, "
+                "which are not loaded")
+    if isinstance(exc, EOFError):
+        return "the file is empty or cut short"
+    if isinstance(exc, zipfile.BadZipFile):
+        return "a damaged torch.save archive"
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    if not first or "weights_only" in text or "pickle" in text.lower():
+        return f"not a file written by torch.save ({type(exc).__name__})"
+    return first[:200]
+
+
+def state_dict_problem(state) -> str | None:
+    """Why a loaded object is not a state_dict (names to tensors); None when it is one."""
+    if not isinstance(state, dict):
+        return f"it holds a {type(state).__name__}"
+    if not state:
+        return "it is empty"
+    if not all(isinstance(k, str) for k in state):
+        return "its keys are not layer names"
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        return "its values are not all tensors"
+    return None

@@ -11,8 +11,7 @@ object store (inside TrialSettings), so worker nodes need neither the file nor i
 from __future__ import annotations
 
 import itertools
-import pickle
-import zipfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -23,6 +22,7 @@ from torchvision.models import WeightsEnum
 
 from tuning.errors import ConfigError
 from tuning.config.params import has_dotted
+from tuning.trial.model import LOAD_ERRORS, load_problem
 
 # Pinned, not `.DEFAULT`: each is torchvision's DEFAULT today (0.29), and pinning keeps
 # the file a cluster was given valid when a torchvision upgrade moves DEFAULT on.
@@ -68,12 +68,13 @@ def load_imagenet_state(name: str) -> StateDict:
     if not path.is_file():
         raise missing_weights_error([name])
     try:
-        state = weights.get_state_dict(progress=False, model_dir=str(path.parent),
-                                       map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError,
-            zipfile.BadZipFile) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # torch's pickle-protocol notes: not ours to show
+            state = weights.get_state_dict(progress=False, model_dir=str(path.parent),
+                                           map_location="cpu", weights_only=True)
+    except LOAD_ERRORS as exc:
         raise ConfigError(f"pretrained weights file {path} cannot be read as a state_dict "
-                          f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}).",
+                          f"({load_problem(exc)}).",
                           key="model.pretrained",
                           fix=f"fetch it again from {weights.url} and replace it.") from None
     _check_matches_architecture(name, state, path)

@@ -43,10 +43,15 @@ class Command(BaseCommand):
 
     def handle(self, *args, directory, name, description, strict, **options):
         skipped: list[DataError] = []
+        ignored: list[str] = []
 
         def warn(error: DataError) -> None:
             skipped.append(error)
             self.stderr.write(f"warning: skipped {error.one_line()}")
+
+        def note(notice: str) -> None:
+            ignored.append(notice)
+            self.stderr.write(f"warning: {notice}")
 
         try:
             with user_errors():
@@ -54,8 +59,8 @@ class Command(BaseCommand):
                 with _stop_signals_raise():
                     theme = services.theme_import_folder(
                         directory=directory, name=name, description=description,
-                        strict=strict, on_skip=warn)
-                summary = _summary(theme, len(skipped))
+                        strict=strict, on_skip=warn, on_ignore=note)
+                summary = _summary(theme, len(skipped), len(ignored))
         except ImportStopped as stop:
             self.stderr.write(f"import_theme: stopped by {signal.Signals(stop.signum).name}; "
                               "nothing was imported.")
@@ -64,11 +69,15 @@ class Command(BaseCommand):
         self.stdout.write(str(theme.id))
 
 
-def _summary(theme, skipped: int) -> str:
+def _summary(theme, skipped: int, ignored: int = 0) -> str:
     images = theme.images.count()
     classes = theme.images.values("label").distinct().count()
     line = f"Imported theme '{theme.name}' (id {theme.id}): {images} images, {classes} classes"
-    return f"{line}; {skipped} file(s) skipped (see the warnings above)" if skipped else line
+    if skipped:
+        line += f"; {skipped} file(s) skipped"
+    if ignored:
+        line += f"; {ignored} hidden folder(s) ignored"
+    return f"{line} (see the warnings above)" if skipped or ignored else line
 
 
 @contextmanager

@@ -15,8 +15,13 @@ import time
 from django.core.management.base import BaseCommand
 from django.db import DatabaseError, connection
 
+from tuning.errors import shown_value
 from tuning.redact import redact_text
 from web.launch import refresh_active
+
+# Each look reads the database: a shorter interval is a busy loop on it.
+MIN_INTERVAL_S = 0.5
+MAX_INTERVAL_S = 24 * 3600.0
 
 
 class Command(BaseCommand):
@@ -24,21 +29,32 @@ class Command(BaseCommand):
             "have not obeyed; every --interval seconds, or --once.")
 
     def add_arguments(self, parser):
-        parser.add_argument("--interval", type=float, default=5.0,
-                            help="seconds between two looks (default 5)")
+        # Read as text and checked in handle(): a bad value is one line, not argparse's
+        # usage block.
+        parser.add_argument("--interval", default="5",
+                            help=f"seconds between two looks (default 5, at least "
+                                 f"{MIN_INTERVAL_S:g})")
         parser.add_argument("--once", action="store_true", help="look once and exit")
 
-    def handle(self, *args, interval: float, once: bool, **options):
-        if not (0 < interval < math.inf):   # nan and inf too
-            self.stderr.write(f"error: --interval: must be a finite number above 0 "
-                              f"(got {interval}). Fix: give a number of seconds, e.g. "
-                              f"--interval 5.")
-            raise SystemExit(2)
+    def handle(self, *args, interval: str, once: bool, **options):
+        interval = self._checked_interval(interval)
         while True:
             self._look()
             if once:
                 return
             time.sleep(interval)
+
+    def _checked_interval(self, given) -> float:
+        try:
+            seconds = float(given)
+        except (TypeError, ValueError):
+            seconds = math.nan
+        if not MIN_INTERVAL_S <= seconds <= MAX_INTERVAL_S:   # nan too
+            self.stderr.write(f"error: key '--interval': must be a number of seconds from "
+                              f"{MIN_INTERVAL_S:g} to {MAX_INTERVAL_S:g} (got "
+                              f"{shown_value(given)}). Fix: give e.g. --interval 5.")
+            raise SystemExit(2)
+        return seconds
 
     def _look(self) -> None:
         try:
