@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 
 from tuning.errors import StorageError
 from tuning.redact import redact_text
+from tuning.tracking import registry
 
 
 def is_remote_storage(storage_path: str) -> bool:
@@ -133,7 +134,7 @@ def check_study_places(config, *, study_name: str | None, storage_url: str | Non
         check_study_name(config.study.name, file=str(config.files.optuna_params),
                          key="study.name")
     check_storage_url(storage_url)
-    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or config.infra.mlflow.tracking_uri
+    tracking_uri = registry.tracking_uri(config.infra.mlflow.tracking_uri)
     check_tracking_store(tracking_uri, config_file=str(config.files.config))
 
 
@@ -197,10 +198,10 @@ def check_tracking_store(tracking_uri: str, *, config_file: str | None = None) -
     problem = (_sqlite_store_problem(path) if tracking_uri.startswith("sqlite:")
                else _folder_store_problem(path))
     if problem:
-        from_env = bool(os.environ.get("MLFLOW_TRACKING_URI"))
+        from_env = registry.tracking_uri_from_env() is not None
         raise StorageError(
             f"MLflow store {tracking_uri}: {problem}.", file=None if from_env else config_file,
-            key="MLFLOW_TRACKING_URI" if from_env else "mlflow.tracking_uri",
+            key=registry.tracking_uri_key(),
             fix="create the folder (MLflow store folders are never made for you) or "
                 "point the tracking URI at a writable place.")
 
