@@ -49,3 +49,15 @@ def test_the_shipped_classifier_needs_nothing_of_this_repository():
                "__future__", "base64", "binascii", "io", "json", "dataclasses", "typing"}
     for path in (ROOT / "theme_classifier").rglob("*.py"):
         assert imported_roots(path) <= allowed, (path, imported_roots(path) - allowed)
+
+
+def test_only_the_tracking_package_and_the_shipped_model_import_mlflow():
+    """tuning.tracking is MLflow's one door (runs, registry, model loading and
+    packaging); theme_classifier is the shipped model itself. bench/ is left out: it
+    replays the original system, which called MLflow directly."""
+    files = [p for folder in ("tuning", "web", "data_access") for p in (ROOT / folder).rglob("*.py")]
+    files += [ROOT / name for name in ("launch.py", "predict.py", "manage.py")]
+    offenders = sorted(str(p.relative_to(ROOT)) for p in files
+                       if "mlflow" in imported_roots(p)
+                       and p.relative_to(ROOT).parts[:2] != ("tuning", "tracking"))
+    assert offenders == []
