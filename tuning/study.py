@@ -236,6 +236,8 @@ def _run_steps(run: "_StudyRun", *, ray_job_id, progress, trainable, on_phase) -
                    or _tune(run, models, progress=progress, trainable=trainable))
         resume_files.mark_finished(run.experiment_path)
         return outcome
+    except lease.LeaseLostError:
+        raise   # the driver that took the study over records its end, not this one
     except KeyboardInterrupt as exc:
         _print_resume_hint(run.resumable, "interrupted")
         # A stopped study closes what it can at once: no wait for an absent tracking
