@@ -178,10 +178,18 @@ JA = {
         "まだモデルがありません。%(uri)s はこの MLflow ストアにありません。このテーマの"
         "スタディが完了すると、最良のモデルがここに登録されます。",
     "Label the images": "画像を判定",
-    "Up to %(n)s images at a time, %(mb)s MB each (PNG, JPEG, BMP, GIF, TIFF, WebP). "
-    "Nothing is saved.":
-        "一度に %(n)s 枚まで、1 枚 %(mb)s MB まで（PNG・JPEG・BMP・GIF・TIFF・WebP）。"
-        "画像はどこにも保存されません。",
+    "Up to %(n)s images at a time, %(mb)s MB and %(mp)s megapixels each, %(total)s "
+    "megapixels in all (PNG, JPEG, BMP, GIF, TIFF, WebP). Nothing is saved.":
+        "一度に %(n)s 枚まで、1 枚 %(mb)s MB・%(mp)s メガピクセルまで、合計 %(total)s "
+        "メガピクセルまで（PNG・JPEG・BMP・GIF・TIFF・WebP）。画像はどこにも保存されません。",
+    "more than %(mp)s megapixels, the most one image may have":
+        "1 枚の上限 %(mp)s メガピクセルを超えています",
+    "%(width)s × %(height)s pixels: more than %(mp)s megapixels, the most one image may have":
+        "%(width)s × %(height)s ピクセル: 1 枚の上限 %(mp)s メガピクセルを超えています",
+    "not labelled: the images of one request may hold %(mp)s megapixels in all; send this "
+    "one again on its own":
+        "判定していません: 1 回に送れる画像は合計 %(mp)s メガピクセルまでです。"
+        "この画像は単独でもう一度送ってください",
     "Model": "モデル",
     "Version": "バージョン",
     "MLflow store": "MLflow ストア",
@@ -220,6 +228,10 @@ def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _unfuzzy(line: str) -> str:
+    return line.replace("#, fuzzy, ", "#, ") if line.startswith("#, fuzzy, ") else line
+
+
 def fill(po_path: Path) -> list[str]:
     """Set every msgstr from JA; returns the msgids left untranslated."""
     blocks = po_path.read_text(encoding="utf-8").split("\n\n")
@@ -242,7 +254,9 @@ def fill(po_path: Path) -> list[str]:
             header = header.replace("# SOME DESCRIPTIVE TITLE.", "# themetune web UI: Japanese.")
             out.append(header)
             continue
-        head = [l for l in lines[:i] if l != "#, fuzzy"]
+        # makemessages marks a changed msgid fuzzy (compilemessages then leaves it out)
+        # and keeps the old one in "#|" lines: the table's text is the translation.
+        head = [_unfuzzy(l) for l in lines[:i] if l != "#, fuzzy" and not l.startswith("#|")]
         plural = j < len(lines) and lines[j].startswith("msgid_plural")
         text = JA.get(msgid)
         if text is None:

@@ -6,7 +6,10 @@ recorded to, loaded as the MLflow pyfunc it is with the code it shipped with
 (tracking.model_loading) and kept in this process, keyed by (store, model name,
 version), so that only the first request after a new champion pays the load. Uploads
 are bounded while Django reads the request (UploadLimits), so a huge or endless upload
-never fills the server's disk.
+never fills the server's disk; and by the pixels their headers declare before anything
+decodes them (PixelBudget), so that a few small files of huge dimensions (a 10000x10000
+PNG is 12 KB) cannot hold a server thread for minutes. Each image is decoded in full
+once, by the model; its thumbnail comes from a second decode only when that is small.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import io
 import os
 import tempfile
 import threading
+import warnings
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +42,16 @@ MAX_FILE_MB = 20
 MAX_FILE_BYTES = MAX_FILE_MB * 1024 * 1024
 TOP = 3                     # classes shown per image
 THUMBNAIL_PX = 64
+# Decoding costs ~10 ms per megapixel on one core: a 50 MP camera's photo passes, a
+# request holds a server thread for about a second at most.
+MAX_IMAGE_MEGAPIXELS = 50
+MAX_REQUEST_MEGAPIXELS = 120
+MEGAPIXEL = 1_000_000
+# A JPEG decodes at down to 1/8 of its sides (draft); the model asks for its input size,
+# at most this side, so such a decode never holds fewer pixels than its square.
+JPEG_DRAFT_SIDE = 1024
+# A thumbnail is drawn from a second decode only when it costs no more than this.
+THUMBNAIL_MAX_PIXELS = 1_000_000
 # Loaded models kept in this process; a ResNet101 pyfunc holds ~170 MB.
 CACHE_SIZE = 4
 DEFAULT_TRACKING_URI = MlflowSection().tracking_uri
@@ -49,6 +63,7 @@ DEFAULT_TRACKING_URI = MlflowSection().tracking_uri
 def form_context(theme_name: str) -> dict:
     """What the upload form and the page around it show (templates: _try_model_form)."""
     return {"field": FIELD, "max_files": MAX_FILES, "max_mb": MAX_FILE_MB,
+            "max_mp": MAX_IMAGE_MEGAPIXELS, "max_request_mp": MAX_REQUEST_MEGAPIXELS,
             "uri": registry.champion_uri(registry.model_name(theme_name))}
 
 
@@ -256,23 +271,77 @@ class Prediction:
 
 
 def predict(champion: Champion, files: list[Upload]) -> list[Prediction]:
-    """One Prediction per upload, in order; an unreadable one gets its error instead."""
-    model = load(champion)
+    """One Prediction per upload, in order; an unreadable one, or one over the pixel
+    limits (told from its header, never decoded), gets its error instead."""
+    budget = PixelBudget()
     try:
-        return [_predict_one(model, upload) for upload in files]
+        return [_predict_one(champion, upload, budget) for upload in files]
     finally:
         for upload in files:
             if upload.file is not None:
                 upload.file.close()
 
 
-def _predict_one(model: model_loading.LoadedModel, upload: Upload) -> Prediction:
+class PixelBudget:
+    """The pixels one request may have decoded: MAX_IMAGE_MEGAPIXELS per image, and
+    MAX_REQUEST_MEGAPIXELS in all (the images after that are not read)."""
+
+    def __init__(self) -> None:
+        self.left = MAX_REQUEST_MEGAPIXELS * MEGAPIXEL
+
+    def refusal(self, data: bytes) -> str:
+        """Why this image is not decoded ("" when it fits; it is then counted)."""
+        from PIL import Image
+
+        try:
+            with warnings.catch_warnings():
+                # The limits below speak for themselves; Pillow's warning would go to the log.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(data)) as im:   # the header only: nothing decoded
+                    width, height, jpeg = im.width, im.height, im.format == "JPEG"
+        except Image.DecompressionBombError:
+            return _too_large()
+        except Exception:   # noqa: BLE001  not an image Pillow knows: the model says so
+            return ""
+        cost = decode_cost(width, height, jpeg=jpeg)
+        if cost > MAX_IMAGE_MEGAPIXELS * MEGAPIXEL:
+            return _too_large(width, height)
+        if cost > self.left:
+            return _("not labelled: the images of one request may hold %(mp)s megapixels in "
+                     "all; send this one again on its own") % {"mp": MAX_REQUEST_MEGAPIXELS}
+        self.left -= cost
+        return ""
+
+
+def decode_cost(width: int, height: int, *, jpeg: bool) -> int:
+    """The pixels a decode of the image holds: all of them, or for a JPEG those of the
+    1/8-scale draft, never fewer than a JPEG_DRAFT_SIDE square (or the image)."""
+    pixels = width * height
+    if not jpeg:
+        return pixels
+    return max(-(-width // 8) * -(-height // 8), min(pixels, JPEG_DRAFT_SIDE ** 2))
+
+
+def _too_large(width: int | None = None, height: int | None = None) -> str:
+    if width is None:
+        return _("more than %(mp)s megapixels, the most one image may have") % {
+            "mp": MAX_IMAGE_MEGAPIXELS}
+    return _("%(width)s × %(height)s pixels: more than %(mp)s megapixels, the most one "
+             "image may have") % {"width": width, "height": height,
+                                  "mp": MAX_IMAGE_MEGAPIXELS}
+
+
+def _predict_one(champion: Champion, upload: Upload, budget: PixelBudget) -> Prediction:
     import pandas as pd
     from PIL import Image
 
     if upload.file is None:
         return Prediction(upload.name, error=upload.refusal)
     data = upload.file.read()
+    refusal = budget.refusal(data)
+    if refusal:
+        return Prediction(upload.name, error=refusal)
+    model = load(champion)   # loaded at most once: not at all when every image is refused
     try:
         frame = model.predict(pd.DataFrame({"image": [data]}))
     # The model's own error class: its shipped code is not this checkout's.
@@ -288,11 +357,15 @@ def _predict_one(model: model_loading.LoadedModel, upload: Upload) -> Prediction
 
 
 def _thumbnail(data: bytes) -> str:
+    """A small PNG of the image, when drawing it costs little (a JPEG's 1/8 draft, or
+    at most THUMBNAIL_MAX_PIXELS): the model's decode was the one that counts."""
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.draft("RGB", (THUMBNAIL_PX, THUMBNAIL_PX))
+            if im.width * im.height > THUMBNAIL_MAX_PIXELS:
+                return ""
             im = im.convert("RGB")
             im.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
             out = io.BytesIO()

@@ -22,10 +22,13 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from tuning.errors import TrackingStoreError
+from tuning.errors import ThemetuneError, TrackingStoreError
 from tuning.tracking import registry
 
 SHIPPED_PACKAGE = "theme_classifier"
+# Model URIs resolved through the tracking store (a local folder or a version's own
+# download URI is read without it).
+STORE_SCHEMES = ("models:", "runs:", "mlflow-artifacts:")
 # sys.modules and sys.path are the process's: one load at a time.
 _lock = threading.Lock()
 
@@ -60,15 +63,19 @@ def load_model(uri: str, *, tracking_uri: str) -> LoadedModel:
     import mlflow.pyfunc
     from mlflow.exceptions import MlflowException
 
-    if registry.store_missing(tracking_uri):
-        raise TrackingStoreError(f"no MLflow store at {tracking_uri}")
+    if uri.startswith(STORE_SCHEMES):
+        try:
+            registry.check_readable(tracking_uri)   # nothing written, no minutes of retries
+        except ThemetuneError as exc:
+            raise TrackingStoreError(registry.first_line(exc)) from None
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with _lock, tempfile.TemporaryDirectory(prefix="themetune-model-") as folder:
         try:
             # Downloaded with an explicit store: a models:/ URI would otherwise be
             # resolved against the process's global tracking URI.
             path = mlflow.artifacts.download_artifacts(
-                artifact_uri=uri, dst_path=folder, tracking_uri=tracking_uri,
+                artifact_uri=_concrete_uri(uri, tracking_uri), dst_path=folder,
+                tracking_uri=tracking_uri,
                 registry_uri=registry.registry_uri(tracking_uri))
             with _shipped_code_only() as shipped:
                 pyfunc = mlflow.pyfunc.load_model(path)
@@ -78,6 +85,26 @@ def load_model(uri: str, *, tracking_uri: str) -> LoadedModel:
     module = shipped.get(f"{SHIPPED_PACKAGE}.pyfunc")
     error = getattr(module, "UnreadableImageError", None)
     return LoadedModel(pyfunc, error if isinstance(error, type) else ValueError)
+
+
+def _concrete_uri(uri: str, tracking_uri: str) -> str:
+    """A models:/ URI (NAME@ALIAS, NAME/VERSION, a logged model's id) as the location of
+    its files, looked up in `tracking_uri`. MLflow's own lookup ignores the store it is
+    given and asks the process's global one, which with none set is ./mlflow.db: a model
+    read from another store, and an empty MLflow database made in the working folder."""
+    if not uri.startswith("models:/"):
+        return uri
+    from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+    from mlflow.tracking import MlflowClient
+
+    root, inner = ModelsArtifactRepository.split_models_uri(uri)
+    client = MlflowClient(tracking_uri=tracking_uri,
+                          registry_uri=registry.registry_uri(tracking_uri))
+    found = get_model_name_and_version(client, root)
+    location = (client.get_logged_model(found[0]).artifact_location if len(found) == 1
+                else client.get_model_version_download_uri(*found))
+    return f"{location.rstrip('/')}/{inner}" if inner else location
 
 
 @contextmanager

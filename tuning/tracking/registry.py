@@ -13,10 +13,15 @@ imported only by the functions that call it.
 from __future__ import annotations
 
 import os
+import re
+import sqlite3
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from tuning.errors import ThemetuneError, TrackingStoreError
+from tuning.redact import redact_text
 from tuning.tracking import names, retrying
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
@@ -65,6 +70,129 @@ def store_missing(tracking_uri: str) -> bool:
     return tracking_uri.startswith(prefix) and not Path(tracking_uri[len(prefix):]).is_file()
 
 
+# ---------------------------------------------------------------- is it a store at all
+
+# The schemes MLflow keeps runs under (its tracking store registry), without plugins.
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+KNOWN_SCHEMES = (*DATABASE_SCHEMES, "file", "http", "https", "databricks", "databricks-uc", "uc")
+URI_FORMS = "sqlite:///mlflow.db, http(s)://HOST:PORT, postgresql://..., file:/PATH or a folder"
+# Tables every MLflow store has had since the model registry came: without them a
+# SQLite file is another application's database.
+MLFLOW_TABLES = ("experiments", "runs", "registered_models", "model_versions",
+                 "alembic_version")
+
+
+def uri_problem(tracking_uri: str) -> str:
+    """Why `tracking_uri` is no tracking URI MLflow knows ("" when it is one). Without a
+    scheme it is a folder (MLflow's file store); "::x::" or "foo://bar" would be taken
+    for a folder name, or fail deep inside MLflow."""
+    shown = redact_text(tracking_uri)
+    if not tracking_uri.strip():
+        return "the tracking URI is empty"
+    if ":" not in tracking_uri:
+        return ""
+    match = _SCHEME.match(tracking_uri)
+    if match is None:
+        return f"{shown!r} is not a tracking URI (use {URI_FORMS})"
+    scheme = match.group(1)
+    if len(scheme) == 1:
+        return ""   # a Windows drive: C:\\mlruns
+    base = scheme.split("+", 1)[0].lower()   # postgresql+psycopg2://...
+    if base not in KNOWN_SCHEMES:
+        return (f"{shown!r}: {scheme}: is not a scheme MLflow keeps runs in "
+                f"(use {URI_FORMS})")
+    if base in (*DATABASE_SCHEMES, "http", "https") and \
+            not tracking_uri[len(scheme) + 1:].startswith("//"):
+        return f"{shown!r} is not a {base} URL (use {URI_FORMS})"
+    return ""
+
+
+def check_readable(tracking_uri: str) -> None:
+    """For a command that only reads (predict.py, the web's Try the model): the store is
+    one that MLflow opens without writing to it, and a server answers within seconds.
+    MLflow would create its tables in any SQLite file, upgrade an older store, and make
+    a missing store folder; an unreachable server costs minutes of its retries. Raises
+    TrackingStoreError (or TrackingUnreachableError for a server) with the cause."""
+    problem = uri_problem(tracking_uri)
+    if problem:
+        raise TrackingStoreError(problem)
+    if tracking_uri.startswith(("http://", "https://")):
+        retrying.check_reachable(tracking_uri)
+        return
+    if tracking_uri.startswith("sqlite:"):
+        path = _sqlite_file(tracking_uri)
+        problem = "" if path is None else _sqlite_read_problem(path)
+    elif ":" not in tracking_uri or tracking_uri.startswith("file:") or \
+            len(tracking_uri.split(":", 1)[0]) == 1:
+        problem = _folder_read_problem(_folder(tracking_uri))
+    if problem:
+        raise TrackingStoreError(problem)
+
+
+def _sqlite_file(tracking_uri: str) -> Path | None:
+    name = tracking_uri.removeprefix("sqlite:").removeprefix("///").split("?", 1)[0]
+    return None if not name or name.startswith(":memory:") else Path(name).resolve()
+
+
+def _folder(tracking_uri: str) -> Path:
+    if tracking_uri.startswith("file:"):
+        tracking_uri = tracking_uri[len("file:"):].removeprefix("//")
+    return Path(tracking_uri).resolve()
+
+
+def _sqlite_read_problem(path: Path) -> str:
+    if path.is_dir():
+        return f"{path} is a folder, not a SQLite file"
+    if not path.exists():
+        return f"no MLflow store at {path} (no such file)"
+    if not path.is_file():
+        return f"{path} is not a regular file"
+    try:
+        with path.open("rb") as f:
+            head = f.read(16)
+        if not head:
+            return f"{path} is an empty file, not an MLflow store"
+        if head != b"SQLite format 3\x00":
+            return f"{path} is not a SQLite database (nor an MLflow store)"
+        # Read-only, by SQLite itself: nothing in the file can change here.
+        with closing(sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True)) as db:
+            tables = {row[0] for row in db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except (OSError, sqlite3.Error) as exc:
+        return f"{path} cannot be read as a SQLite database ({exc})"
+    missing = [t for t in MLFLOW_TABLES if t not in tables]
+    if missing:
+        return (f"{path} is a SQLite database without MLflow's tables "
+                f"({', '.join(missing)}): not an MLflow store")
+    older = _tables_mlflow_would_add(tables)
+    if older:
+        return (f"{path} is an MLflow store of an older MLflow version (no table "
+                f"{', '.join(older[:3])}{', ...' if len(older) > 3 else ''}); MLflow would "
+                f"upgrade it on opening, and a command that only reads does not")
+    return ""
+
+
+def _tables_mlflow_would_add(tables: set[str]) -> list[str]:
+    """The tables of this MLflow's schema that the store lacks: MLflow would migrate it."""
+    import mlflow.store.model_registry.dbmodels.models  # noqa: F401  (fills Base.metadata)
+    import mlflow.store.tracking.dbmodels.models  # noqa: F401
+    from mlflow.store.db.base_sql_model import Base
+
+    return sorted(set(Base.metadata.tables) - tables)
+
+
+def _folder_read_problem(path: Path) -> str:
+    if not path.exists():
+        return f"no MLflow store at {path} (no such folder)"
+    if not path.is_dir():
+        return f"{path} is a file, not an MLflow store folder"
+    # A file store has its default experiment (0), its trash or its models folder.
+    if not any((path / name).exists() for name in ("0", ".trash", "models")):
+        return f"{path} is a folder without MLflow's files: not an MLflow store"
+    return ""
+
+
 # ---------------------------------------------------------------- the champion
 
 
@@ -91,7 +219,9 @@ def champion(*, tracking_uri: str, name: str) -> Champion | None:
     from mlflow.tracking import MlflowClient
 
     try:
-        retrying.check_reachable(tracking_uri)   # a quick "no server", not minutes of retries
+        # Only an MLflow store MLflow would not write to, and a quick "no server" rather
+        # than minutes of retries.
+        check_readable(tracking_uri)
         client = MlflowClient(tracking_uri=tracking_uri,
                               registry_uri=registry_uri(tracking_uri))
         try:

@@ -32,6 +32,13 @@ DEFAULT_OUTAGE_S = 900.0
 RETRY_EVERY_S = 2.0
 MLFLOW_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
                           "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+# A command that only reads (predict.py) has no outage to wait out: a server that
+# answered the health check and then stops answering is given up on within a minute.
+READ_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+                       "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                       "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+# The health check's connect and read timeouts: a server that is there answers at once.
+HEALTH_TIMEOUT_S = (5, 5)
 
 
 def outage_budget_s() -> float:
@@ -156,6 +163,13 @@ def client() -> RetryingClient:
     return RetryingClient(MlflowClient())
 
 
+def bound_retries_for_reading() -> None:
+    """MLflow's HTTP retries as a reading command wants them, unless the user set them.
+    For a process of its own only: a study started from it would inherit them."""
+    for name, value in READ_RETRY_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
 def check_reachable(tracking_uri: str) -> None:
     """At start, an unreachable server is a setup mistake: say so at once, instead of
     waiting out an outage that is not one."""
@@ -167,13 +181,31 @@ def check_reachable(tracking_uri: str) -> None:
     insecure = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true"
     verify = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or not insecure
     try:
-        requests.get(url, timeout=10, verify=verify)
+        requests.get(url, timeout=HEALTH_TIMEOUT_S, verify=verify)
     except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+        reason = (f"no answer within {HEALTH_TIMEOUT_S[0]} s"
+                  if isinstance(exc, requests.exceptions.Timeout) else _connect_failure(exc))
         raise TrackingUnreachableError(
-            f"MLflow tracking server {tracking_uri} does not answer ({type(exc).__name__}: "
-            f"{_first_line(exc)}).", key="MLFLOW_TRACKING_URI",
+            f"MLflow tracking server {tracking_uri} does not answer ({reason}).",
+            key="MLFLOW_TRACKING_URI",
             fix="start the server (`mlflow server ...`) or point MLFLOW_TRACKING_URI / "
                 "mlflow.tracking_uri in config.yaml at a running one.") from None
+
+
+def _connect_failure(exc: BaseException) -> str:
+    """The root cause of a failed connection, without urllib3's nesting of reprs."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror.lower()
+        seen = seen.__cause__ or seen.__context__ or next(
+            (a for a in getattr(seen, "args", ()) if isinstance(a, BaseException)), None)
+    text = str(exc)
+    for known in ("Connection refused", "Name or service not known", "No route to host",
+                  "Temporary failure in name resolution", "Network is unreachable"):
+        if known in text:
+            return known.lower()
+    return "cannot connect"
 
 
 def _first_line(exc: BaseException) -> str:
