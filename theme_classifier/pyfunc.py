@@ -30,14 +30,13 @@ import re
 
 import mlflow.pyfunc
 import numpy as np
-from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 import pandas as pd
 import torch
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from theme_classifier.network import build_network
-from theme_classifier.preprocess import (Preprocessing, cut_patches, decode, equalize,
-                                         network_input)
+from theme_classifier.preprocess import Preprocessing, cut_patches, decode, equalize, network_input
 
 NETWORK_ARTIFACT = "network"          # state_dict of the trained network (torch.save)
 METADATA_ARTIFACT = "classifier"      # classifier.json: architecture, classes, preprocessing

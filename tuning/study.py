@@ -14,28 +14,34 @@ from typing import Any
 
 import optuna
 
-from tuning.tracking import output, registry, retrying, runs
 from tuning import storage
-from tuning.tracking import names
-from tuning.recovery import lease, resume as resume_files
-from tuning.data.augment import AugmentSettings
 from tuning.config import StudyConfig
+from tuning.config.params import REPORTED_METRICS, TrainingParams
+from tuning.config.search_space import describe, to_distributions
 from tuning.data import PreprocessSettings, TrialData, prepare_data
+from tuning.data.augment import AugmentSettings
 from tuning.data.mode import DataMode, choose_mode
 from tuning.data.shards import prepare_shards, shard_root
-from tuning.errors import (ConfigError, MetricError, Reported, StorageError, StudyFailedError,
-                           ThemeError, ThemetuneError, TrackingLostError)
-from tuning.recovery.interrupts import (PHASE_RAY_STARTED, PHASE_STUDY_STARTED, StopRequest,
-                                         StudyInterrupted)
-from tuning.tracking.ledger import StudyLedger
+from tuning.data.theme import ThemeSpec
+from tuning.errors import (
+    ConfigError,
+    MetricError,
+    Reported,
+    StorageError,
+    StudyFailedError,
+    ThemeError,
+    ThemetuneError,
+    TrackingLostError,
+)
 from tuning.optuna_adapter import StudySearch, check_existing_study, open_storage
-from tuning.config.params import REPORTED_METRICS, TrainingParams
-from tuning.trial.pretrained import load_study_weights
+from tuning.recovery import lease
+from tuning.recovery import resume as resume_files
+from tuning.recovery.interrupts import PHASE_RAY_STARTED, PHASE_STUDY_STARTED, StopRequest, StudyInterrupted
+from tuning.tracking import names, output, registry, retrying, runs
+from tuning.tracking.ledger import StudyLedger
 from tuning.tracking.progress import ProgressDisplay
 from tuning.tracking.recording import NullRecorder, StudyEnd, StudyRecorder, StudyStart
-from tuning.config.search_space import describe, to_distributions
-from tuning.data.theme import ThemeSpec
-
+from tuning.trial.pretrained import load_study_weights
 
 
 @dataclass
@@ -301,8 +307,7 @@ class _StudyRun:
 
 def _start_ray(config: StudyConfig) -> None:
     """Ray up, and the checks that need it; before anything is recorded."""
-    from tuning.cluster import (check_storage_reachable, check_trial_fits, ensure_ray,
-                                joins_a_cluster)
+    from tuning.cluster import check_storage_reachable, check_trial_fits, ensure_ray, joins_a_cluster
 
     ensure_ray(config.infra.ray)
     check_trial_fits(config.infra.resources, local=not joins_a_cluster(config.infra.ray),

@@ -26,11 +26,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import ROOT, tiny_config_files
-from tuning.tracking import registry, retrying
 from tuning.config import ConfigFiles, Overrides, load_study_config
 from tuning.data import prepare_data
-from tuning.tracking.progress import ProgressDisplay
 from tuning.study import StudyOutcome, prepare_study, preprocess_settings, run_study
+from tuning.tracking import registry, retrying
+from tuning.tracking.progress import ProgressDisplay
 
 pytestmark = pytest.mark.ray
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import (BaseModel, ConfigDict, Field, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 MODEL_NAMES = ("ResNet18", "ResNet50", "ResNet101")
 OPTIMIZERS = ("Adam", "SGD", "AdamW")

@@ -20,8 +20,8 @@ import torch
 from torchvision import models
 from torchvision.models import WeightsEnum
 
-from tuning.errors import ConfigError
 from tuning.config.params import has_dotted
+from tuning.errors import ConfigError
 from tuning.trial.model import LOAD_ERRORS, load_problem
 
 # Pinned, not `.DEFAULT`: each is torchvision's DEFAULT today (0.29), and pinning keeps
