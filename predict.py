@@ -5,7 +5,11 @@
 
 Only MLflow loads the model; the preprocessing it was trained with travels inside it.
 An unreadable file is named on stderr, the others are still labelled, and the exit
-code is 2.
+code is 2. Every path is checked before the model loads: one that is neither a file
+nor a folder is refused. In a folder, links and pipes are skipped with a warning.
+The store is only read: predict.py refuses one MLflow would write to (tracking.registry).
+A tab, newline or backslash in a file name is written as \\t, \\n or \\\\ (the CSV quotes
+it instead).
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ import argparse
 import csv
 import os
 import signal
+import stat
 import sys
 from pathlib import Path
 
-from tuning.errors import PredictError, Reported, TrackingStoreError
-from tuning.tracking import model_loading, registry
+from tuning.errors import PredictError, Reported, ThemetuneError, TrackingStoreError
+from tuning.tracking import model_loading, registry, retrying
 
 REPO = Path(__file__).resolve().parent
 DEFAULT_CONFIG = REPO / "configs" / "config.yaml"
@@ -70,28 +75,99 @@ def champion_of_theme(theme_id: int) -> str:
 
 
 def image_files(paths: list[Path]) -> tuple[list[Path], list[str]]:
-    """The files to label, in the order given (folders sorted), and the paths that are
-    neither a file nor a folder."""
-    files, missing = [], []
+    """The files to label, in the order given (folders sorted), and warnings for what a
+    folder holds but is not labelled (links, pipes). Raises PredictError for a path that
+    is neither a file nor a folder: before the model loads, and never opening a pipe,
+    which would wait for a writer."""
+    files, warnings = [], []
     for path in paths:
-        if path.is_dir():
-            files.extend(sorted(f for f in path.rglob("*")
-                                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
-        elif path.is_file():
+        try:
+            mode = path.stat().st_mode   # a link the user named is followed
+        except OSError as exc:
+            raise PredictError(f"{shown(path)}: {_why_missing(exc)}.", fix="give image files "
+                               "or folders that hold them.") from None
+        if stat.S_ISDIR(mode):
+            files.extend(_folder_images(path, warnings))
+        elif stat.S_ISREG(mode):
             files.append(path)
         else:
-            missing.append(f"{path}: no such file or folder")
-    return files, missing
+            raise PredictError(f"{shown(path)} is {_kind(mode)}, not an image file.",
+                               fix="give image files or folders that hold them (copy "
+                                   "what the pipe or device gives into a file first).")
+    return files, warnings
+
+
+def _why_missing(exc: OSError) -> str:
+    if exc.errno == 2 and not exc.filename2:
+        return "no such file or folder"
+    return f"cannot be read ({exc.strerror or exc})"
+
+
+def _kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def _folder_images(folder: Path, warnings: list[str]) -> list[Path]:
+    """The image files below `folder`, sorted; links and other non-regular files are not
+    followed, as import_theme does (a link may lead out of the folder, a pipe blocks)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        here = Path(dirpath)
+        for name in sorted(dirnames):
+            if (here / name).is_symlink():
+                warnings.append(_link_warning(here / name))
+        dirnames[:] = sorted(d for d in dirnames if not (here / d).is_symlink())
+        for name in filenames:
+            path = here / name
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                mode = path.lstat().st_mode
+            except OSError:
+                continue   # gone since the folder was listed
+            if stat.S_ISLNK(mode):
+                warnings.append(_link_warning(path))
+            elif stat.S_ISREG(mode):
+                found.append(path)
+            else:
+                warnings.append(f"{shown(path)}: skipped: {_kind(mode)}, not an image file")
+    return sorted(found)
+
+
+def _link_warning(path: Path) -> str:
+    return (f"{shown(path)}: skipped: symbolic links in a folder are not followed (a link "
+            f"to {shown(Path(os.readlink(path)))}); give the file itself to label it")
+
+
+def shown(path: Path) -> str:
+    """A path as one tab-separated field on one line: backslash, tab, newline and
+    carriage return escaped (\\\\, \\t, \\n, \\r), bytes that are not UTF-8 as \\xNN."""
+    text = str(path).translate(_ESCAPES)
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def check_store(uri: str, store: str, *, given: str | None) -> None:
+    """The store can be read without writing to it (tracking.registry.check_readable):
+    a missing SQLite file is not created, another application's database gets no MLflow
+    tables, and a server that does not answer is given up on within seconds."""
+    if not uri.startswith(model_loading.STORE_SCHEMES):
+        return   # a model folder: read without the store
+    try:
+        registry.check_readable(store)
+    except ThemetuneError as exc:
+        raise PredictError(f"MLflow store {store}: {exc.message.rstrip('.')}.",
+                           key="--tracking-uri" if given else registry.tracking_uri_key(),
+                           fix="run predict.py where the study ran, or point "
+                               "--tracking-uri / MLFLOW_TRACKING_URI at its store.") from None
 
 
 def load_model(uri: str, store: str) -> model_loading.LoadedModel:
     """The model with the code it shipped with (tracking.model_loading)."""
-    if registry.store_missing(store):
-        # Opening a missing SQLite store would create an empty one, and then say the
-        # model is not there: the store is what is wrong.
-        raise PredictError(f"no MLflow store at {store}.", key="--tracking-uri",
-                           fix="run predict.py where the study ran, or point "
-                               "--tracking-uri / MLFLOW_TRACKING_URI at its store.")
     try:
         return model_loading.load_model(uri, tracking_uri=store)
     except TrackingStoreError as exc:
@@ -145,21 +221,28 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(signal, "SIGPIPE"):
         # `predict.py ... | head`: a closed pipe ends the listing, not a traceback.
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    retrying.bound_retries_for_reading()
+    problems: list[str] = []
     try:
         store = tracking_uri(args.tracking_uri)
-        uri = args.model or champion_of_theme(args.theme_id)
-        files, problems = image_files(args.paths)
-        if not files and not problems:
+        files, warnings = image_files(args.paths)
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        if not files:
             raise PredictError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under "
-                               f"{', '.join(map(str, args.paths))}.", fix="give image files "
-                               "or folders that hold them.")
+                               f"{', '.join(shown(p) for p in args.paths)}.",
+                               fix="give image files or folders that hold them.")
+        uri = args.model or champion_of_theme(args.theme_id)
+        check_store(uri, store, given=args.tracking_uri)
+        writer = _csv_writer(args.csv)
         model = load_model(uri, store)
-        writer = _csv_writer(args.csv, model)
+        if writer is not None:
+            writer.writerow(["path", "label", "probability", *model.class_names])
         for path, row, error in predict_files(model, files):
             if error is not None:
-                problems.append(f"{path}: {error}")
+                problems.append(f"{shown(path)}: {error}")
                 continue
-            print(f"{path}\t{row['label']}\t{row['probability']:.4f}", flush=True)
+            print(f"{shown(path)}\t{row['label']}\t{row['probability']:.4f}", flush=True)
             if writer is not None:
                 writer.writerow([str(path), *row.tolist()])
     except Reported as exc:
@@ -170,18 +253,17 @@ def main(argv: list[str] | None = None) -> int:
     return 2 if problems else 0
 
 
-def _csv_writer(path: Path | None, model):
+def _csv_writer(path: Path | None):
+    """Opened before the model loads: an unwritable path is told at once. Fields with a
+    comma, quote or line break are quoted; a name's bytes are written as they are."""
     if path is None:
         return None
-    classes = model.class_names
     try:
-        handle = open(path, "w", newline="")
+        handle = open(path, "w", newline="", encoding="utf-8", errors="surrogateescape")
     except OSError as exc:
-        raise PredictError(f"cannot write {path} ({exc.strerror}).", key="--csv",
+        raise PredictError(f"cannot write {shown(path)} ({exc.strerror}).", key="--csv",
                            fix="pick a writable path.") from None
-    writer = csv.writer(handle)
-    writer.writerow(["path", "label", "probability", *classes])
-    return writer
+    return csv.writer(handle)
 
 
 if __name__ == "__main__":

@@ -191,7 +191,15 @@ def _check_storage_folder(path: Path, what: str) -> None:
 
 def check_tracking_store(tracking_uri: str, *, config_file: str | None = None) -> None:
     """A local MLflow store (SQLite file, file store) can be opened, or made, without
-    making anything now: MLflow would otherwise make missing parent folders itself."""
+    making anything now: MLflow would otherwise make missing parent folders itself. A
+    URI of no scheme MLflow knows ("::x::", "foo://bar") is refused before anything runs."""
+    form = registry.uri_problem(tracking_uri)
+    if form:
+        from_env = registry.tracking_uri_from_env() is not None
+        raise StorageError(f"MLflow store: {form}.", file=None if from_env else config_file,
+                           key=registry.tracking_uri_key(),
+                           fix="set a tracking URI MLflow knows, or unset "
+                               f"{registry.TRACKING_URI_ENV} to use config.yaml's.")
     path = local_store_path(tracking_uri)
     if path is None:
         return   # a server (http, postgresql, databricks): checked when reached

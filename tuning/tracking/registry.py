@@ -154,7 +154,7 @@ def _sqlite_read_problem(path: Path) -> str:
         if not head:
             return f"{path} is an empty file, not an MLflow store"
         if head != b"SQLite format 3\x00":
-            return f"{path} is not a SQLite database (nor an MLflow store)"
+            return f"{path} is not a SQLite database, so not an MLflow store"
         # Read-only, by SQLite itself: nothing in the file can change here.
         with closing(sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True)) as db:
             tables = {row[0] for row in db.execute(
