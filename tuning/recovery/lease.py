@@ -54,7 +54,10 @@ SETTLE_S = 0.5
 
 
 class LeaseUnreadableError(LeaseHeldError):
-    """The lease file is there but not a lease: treated as held, never ignored."""
+    """The lease file is there but not a lease, or the storage would not give it:
+    treated as held, never ignored."""
+
+    storage_failed = False   # True: the storage failed to read it, not its content
 
 
 class LeaseLostError(StudyStoppedError):
@@ -107,12 +110,14 @@ def read_lease(experiment_path: str) -> LeaseRecord | None:
             return None
         data = storage.read_bytes(path)
     except OSError as exc:
-        raise _unreadable_error(path, f"cannot read it: {exc}") from None
+        error = _unreadable_error(path, f"cannot read it: {exc}")
+        error.storage_failed = True
+        raise error from None
     try:
         fields = json.loads(data.decode("utf-8"))
         record = LeaseRecord(**fields)
         _check_types(record)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise _unreadable_error(path, f"not a lease ({reason})") from None
     return record
@@ -189,7 +194,12 @@ def check_still_held(experiment_path: str) -> None:
     called before a driver's end steps, which must never run in two drivers at once."""
     try:
         current = read_lease(experiment_path)
-    except LeaseUnreadableError:
+    except LeaseUnreadableError as exc:
+        if exc.storage_failed:
+            # The storage away for a moment says nothing of who holds the lease; the
+            # heartbeat would have seen a takeover before it went away.
+            output.warn(f"could not check the lease of {experiment_path}: {exc.message}")
+            return
         current = None
     if current is None or not _is_mine(current):
         holder = current.holder() if current is not None else "nobody (the file is gone or unreadable)"
