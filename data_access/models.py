@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
 from django.db import models
 
 from tuning.states import StudyStatus, TrialState
+from tuning.tracking.names import theme_name_problem
+
+
+def validate_theme_name(name: str) -> None:
+    """A name MLflow would refuse at the end of a study is refused in the admin too."""
+    problem = theme_name_problem(name)
+    if problem is not None:
+        raise ValidationError(f"The theme name {problem}.", code="theme_name")
 
 
 def _choices(qualname: str, states: type[StudyStatus | TrialState]) -> type[models.TextChoices]:
@@ -16,7 +25,7 @@ def _choices(qualname: str, states: type[StudyStatus | TrialState]) -> type[mode
 
 
 class Theme(models.Model):
-    name = models.CharField(max_length=200, unique=True)
+    name = models.CharField(max_length=200, unique=True, validators=[validate_theme_name])
     description = models.TextField(blank=True)
     # params.yaml values (nested, as in the file) that prefill the next study of this
     # theme: the original system's "apply best params".

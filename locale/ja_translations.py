@@ -26,6 +26,8 @@ JA = {
     "maximize": "最大化",
     "minimize": "最小化",
     "Metric": "評価指標",
+    "The theme name %(problem)s; rename the theme (admin, Themes) first.":
+        "テーマ名が使えません（%(problem)s）。先に管理画面の Themes でテーマ名を変更してください。",
     "Trials": "試行",
     "Number of trials (study.n_trials).": "試行回数（study.n_trials）。",
     "Timeout (s)": "タイムアウト（秒）",

@@ -10,6 +10,7 @@ from django.utils.translation import gettext_lazy as _
 
 from tuning.config.yaml_loader import MAX_YAML_BYTES
 from tuning.config.params import REPORTED_METRICS
+from tuning.tracking.names import theme_name_problem
 
 _NUMBER = {"inputmode": "decimal", "class": "num"}
 _YAML = {"rows": 8, "spellcheck": "false", "class": "yaml"}
@@ -62,6 +63,18 @@ class StudyForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.fields["theme"].choices = [(t.id, f"{t.name} (id {t.id})") for t in themes]
         self.fields["preset"].choices = [(p, p) for p in presets]
+        self._theme_names = {t.id: t.name for t in themes}
+
+    def clean_theme(self):
+        # A theme imported before the name rule would train every trial and then fail to
+        # register its model: refused here, before a study record exists.
+        theme_id = self.cleaned_data["theme"]
+        problem = theme_name_problem(self._theme_names.get(theme_id, ""))
+        if problem is not None:
+            raise forms.ValidationError(
+                _("The theme name %(problem)s; rename the theme (admin, Themes) first."),
+                params={"problem": problem}, code="theme_name")
+        return theme_id
 
     def config_values(self) -> dict[str, str]:
         """The values that become the four YAML files."""

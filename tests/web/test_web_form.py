@@ -173,3 +173,29 @@ def test_new_study_page_with_an_absurd_theme_id_still_shows(client, tuner, theme
     response = client.get(reverse("study_new"), {"theme": "9" * 5000})
     assert response.status_code == 200
     assert not TuningStudy.objects.exists()
+
+
+def test_theme_whose_name_mlflow_refuses_is_a_form_error(client, tuner, theme, form_values):
+    # Imported before the name rule existed (or renamed by SQL): the rule is not in the DB.
+    type(theme).objects.filter(pk=theme.pk).update(name="team/digits:v2")
+    response = post(client, tuner, form_values)
+    assert response.status_code == 200
+    shown = field_error(response, "theme")
+    assert shown.startswith("The theme name must not contain '/' ':'"), shown
+    assert "rename the theme" in shown
+    assert not TuningStudy.objects.exists()
+
+
+def test_admin_refuses_a_theme_name_mlflow_refuses(admin_client, theme):
+    from django.core.exceptions import ValidationError
+
+    theme.name = "team/digits"
+    with pytest.raises(ValidationError) as info:
+        theme.full_clean()
+    assert "must not contain '/'" in str(info.value)
+    response = admin_client.post(reverse("admin:data_access_theme_change", args=[theme.id]),
+                                 {"name": "a:b", "description": "", "default_params": "{}"})
+    assert response.status_code == 200          # the form again, with the error
+    assert "must not contain" in response.content.decode()
+    theme.refresh_from_db()
+    assert theme.name == "digits4"
