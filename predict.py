@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from tuning.errors import PredictError, Reported, ThemetuneError, TrackingStoreError
+from tuning.redact import redact_text
 from tuning.tracking import model_loading, registry, retrying
 
 REPO = Path(__file__).resolve().parent
@@ -160,7 +161,7 @@ def check_store(uri: str, store: str, *, given: str | None) -> None:
     try:
         registry.check_readable(store)
     except ThemetuneError as exc:
-        raise PredictError(f"MLflow store {store}: {exc.message.rstrip('.')}.",
+        raise PredictError(f"MLflow store {redact_text(store)}: {exc.message.rstrip('.')}.",
                            key="--tracking-uri" if given else registry.tracking_uri_key(),
                            fix="run predict.py where the study ran, or point "
                                "--tracking-uri / MLFLOW_TRACKING_URI at its store.") from None
@@ -171,7 +172,7 @@ def load_model(uri: str, store: str) -> model_loading.LoadedModel:
     try:
         return model_loading.load_model(uri, tracking_uri=store)
     except TrackingStoreError as exc:
-        raise PredictError(f"cannot load model {uri} from MLflow store {store} "
+        raise PredictError(f"cannot load model {uri} from MLflow store {redact_text(store)} "
                            f"({exc.message}).", key="--model",
                            fix=f"check the URI (e.g. {registry.champion_uri('NAME')}) "
                                "and --tracking-uri / MLFLOW_TRACKING_URI.") from None

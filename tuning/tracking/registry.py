@@ -242,7 +242,8 @@ def champion(*, tracking_uri: str, name: str) -> Champion | None:
 
 
 def first_line(exc: BaseException) -> str:
-    text = exc.one_line() if isinstance(exc, ThemetuneError) else str(exc).strip()
+    # Our own error's message only: the caller names the key and the fix it fits.
+    text = exc.message if isinstance(exc, ThemetuneError) else str(exc).strip()
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 

@@ -23,6 +23,7 @@ import time
 import requests
 
 from tuning.errors import ThemetuneError, TrackingLostError, TrackingUnreachableError
+from tuning.redact import redact_text
 from tuning.tracking import output
 
 log = output.log
@@ -186,7 +187,7 @@ def check_reachable(tracking_uri: str) -> None:
         reason = (f"no answer within {HEALTH_TIMEOUT_S[0]} s"
                   if isinstance(exc, requests.exceptions.Timeout) else _connect_failure(exc))
         raise TrackingUnreachableError(
-            f"MLflow tracking server {tracking_uri} does not answer ({reason}).",
+            f"MLflow tracking server {redact_text(tracking_uri)} does not answer ({reason}).",
             key="MLFLOW_TRACKING_URI",
             fix="start the server (`mlflow server ...`) or point MLFLOW_TRACKING_URI / "
                 "mlflow.tracking_uri in config.yaml at a running one.") from None
