@@ -16,7 +16,7 @@ import optuna
 
 from tuning import storage
 from tuning.config import StudyConfig
-from tuning.config.params import REPORTED_METRICS, TrainingParams
+from tuning.config.params import REPORTED_METRICS, TrainingParams, selection_split
 from tuning.config.search_space import describe, to_distributions
 from tuning.data import PreprocessSettings, TrialData, prepare_data
 from tuning.data.augment import AugmentSettings
@@ -132,6 +132,7 @@ def prepare_study(config: StudyConfig, theme: ThemeSpec, *, study_name: str | No
     a real run that must build streaming shards (decoded by tasks across the cluster)."""
     names.check_study_theme(theme.name, theme.id)   # MLflow would refuse it at the end
     _check_theme_fits(config, theme)
+    _say_if_test_split_selects(config)
     lease.stale_after_s()   # read only when a lease is found: a bad value is told now
     name = study_name or config.study.name
     storage.check_study_places(config, study_name=study_name, storage_url=storage_url)
@@ -155,6 +156,17 @@ def prepare_study(config: StudyConfig, theme: ThemeSpec, *, study_name: str | No
                      storage_url=storage_url, storage=optuna_storage,
                      distributions=distributions,
                      stored_trials=stored, imagenet_states=imagenet_states)
+
+
+SELECTION_TAG = "themetune.selection_split"
+
+
+def _say_if_test_split_selects(config: StudyConfig) -> None:
+    metric = config.study.metric
+    if selection_split(metric) == "test":
+        output.warn(f"study.metric {metric} chooses the best trial on the test split: its "
+                    f"test figures take part in the choice and are not held out (select on "
+                    f"a valid_* metric to keep them held out).")
 
 
 def data_mode(config: StudyConfig, theme: ThemeSpec, settings: PreprocessSettings) -> DataMode:
@@ -363,6 +375,7 @@ def _record_start(run: _StudyRun, ray_job_id: str | None) -> None:
     client, parent_id = run.study_runs.client, run.study_runs.parent_run_id
     if run.resume is None:
         runs.log_params(client, parent_id, _parent_params(plan))
+        runs.set_tags(client, parent_id, {SELECTION_TAG: selection_split(config.study.metric)})
         for path in vars(config.files).values():
             runs.log_file(client, parent_id, Path(path), "configs")
         runs.log_yaml(client, parent_id, config.resolved(), "configs/resolved.yaml")

@@ -19,7 +19,7 @@ from tuning.cluster import check_resources
 from tuning.config import ConfigFiles, Overrides, StudyConfig, load_study_config
 from tuning.config.yaml_loader import read_yaml
 from tuning.errors import ConfigError
-from tuning.config.params import deep_merge
+from tuning.config.params import DEFAULT_METRIC, deep_merge
 
 FILE_NAMES = ("optuna_params.yaml", "params.yaml", "config.yaml", "augments.yaml")
 DEFAULT_PRESET = "default"
@@ -75,7 +75,7 @@ def initial_values(preset: Preset, *, class_count: int | None = None,
     return {
         "study_name": _text(study.get("name")),
         "direction": _text(study.get("direction", "maximize")),
-        "metric": _text(study.get("metric", "test_acc")),
+        "metric": _text(study.get("metric", DEFAULT_METRIC)),
         "n_trials": _text(study.get("n_trials")),
         "timeout": _text(study.get("timeout")),
         "space": _dump(optuna.get("params_to_tune") or {}),

@@ -36,7 +36,7 @@ def test_shipped_configs_load_with_every_seed_field():
     config = load(ROOT / "configs", theme_id=None)
     assert config.study.name == "classification_study"
     assert config.study.direction == "maximize"
-    assert config.study.metric == "test_acc"
+    assert config.study.metric == "valid_acc"      # the test split stays held out
     assert config.study.n_trials == 50
     assert config.study.timeout is None
     assert set(config.space) == {"training.learning_rate", "training.batch_size",
@@ -60,6 +60,7 @@ def test_shipped_configs_load_with_every_seed_field():
 
 def test_demo_configs_are_small():
     config = load(ROOT / "configs" / "demo", theme_id=1)
+    assert config.study.metric == "valid_acc"
     assert config.params.model.name == "ResNet18"
     assert config.params.training.num_epochs == 2
     assert config.study.n_trials <= 8
@@ -68,6 +69,7 @@ def test_demo_configs_are_small():
 
 def test_large_theme_configs_stream_224_px_with_capped_epochs():
     config = load(ROOT / "configs" / "large", theme_id=1)
+    assert config.study.metric == "valid_acc"
     assert config.params.data.mode == "streaming"
     assert (config.params.data.image_size, config.params.data.channels) == (224, 3)
     assert config.params.training.steps_per_epoch == 25

@@ -141,7 +141,11 @@ def test_study_structure_in_mlflow(ray_local, mlflow_uri, tmp_path, digits_theme
     assert len(recorder.of(TrialResult)) == 6
     assert {e.state for e in recorder.of(TrialEnd)} == {"COMPLETE"}
 
-    out = capsys.readouterr().out
+    # Selected on test_acc, as the original tool's configs did: said once, and tagged.
+    assert parent.data.tags["themetune.selection_split"] == "test"
+    captured = capsys.readouterr()
+    assert captured.err.count("chooses the best trial on the test split") == 1
+    out = captured.out
     assert "[themetune] trials 3/3 done" in out
     assert "data path: streaming (data.mode: streaming" in out
     assert "with Ray tasks on 1 node" in out
@@ -168,9 +172,10 @@ def test_persistent_storage_continues_and_refuses_other_direction(ray_local, mlf
         prepare_study(config, digits_theme, storage_url=url, study_name="shared")
 
 
-def test_asha_stops_trials_and_they_end_pruned(ray_local, mlflow_uri, tmp_path, digits_theme):
+def test_asha_stops_trials_and_they_end_pruned(ray_local, mlflow_uri, tmp_path, digits_theme,
+                                               capsys):
     folder = tiny_config_files(
-        tmp_path / "configs", n_trials=4, epochs=3,
+        tmp_path / "configs", n_trials=4, epochs=3, study={"metric": "valid_acc"},
         # One trial at a time: which trial ASHA stops must not depend on which of two
         # concurrent trials reports its first epoch first.
         infra={"ray": {"storage_path": str(tmp_path / "rr")}, "max_concurrent_trials": 1,
@@ -190,6 +195,10 @@ def test_asha_stops_trials_and_they_end_pruned(ray_local, mlflow_uri, tmp_path, 
     for status, state in states.values():
         assert (status, state) in {("FINISHED", "COMPLETE"), ("KILLED", "PRUNED")}
     assert any(state == "PRUNED" for _, state in states.values())
+    # Selected on validation: the test split stays held out, and nothing is said about it.
+    parent = client.get_run(outcome.parent_run_id)
+    assert parent.data.tags["themetune.selection_split"] == "validation"
+    assert "test split" not in capsys.readouterr().err
     for child in children:
         if child.data.tags["optuna.trial_state"] == "PRUNED":
             assert "test_acc" not in child.data.metrics

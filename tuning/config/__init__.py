@@ -18,8 +18,9 @@ from tuning.config.validation_errors import config_error_from_validation, printa
 from tuning.config.yaml_loader import read_yaml
 from tuning.errors import ConfigError, shown_value
 from tuning.config.infra import AugmentsConfig, InfraConfig
-from tuning.config.params import (MAX_CONCURRENT_TRIALS, MAX_SEED, MAX_TIMEOUT_SECONDS,
-                                  MAX_TRIALS, REPORTED_METRICS, Strict, TrainingParams,
+from tuning.config.params import (DEFAULT_METRIC, MAX_CONCURRENT_TRIALS, MAX_SEED,
+                                  MAX_TIMEOUT_SECONDS, MAX_TRIALS, REPORTED_METRICS, Strict,
+                                  TrainingParams,
                                   deep_merge, has_dotted, known_param_paths, params_with_sample)
 from tuning.config.search_space import ParamSpec, parse_param
 
@@ -27,7 +28,7 @@ from tuning.config.search_space import ParamSpec, parse_param
 class StudySection(Strict):
     name: str = Field(default="classification_study", min_length=1, max_length=200)
     direction: Literal["maximize", "minimize"] = "maximize"
-    metric: str = "test_acc"
+    metric: str = DEFAULT_METRIC
     n_trials: int = Field(default=10, ge=1, le=MAX_TRIALS)
     timeout: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_SECONDS)
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)  # TPE's; data.seed when unset

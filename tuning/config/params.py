@@ -21,6 +21,15 @@ FINAL_METRICS = ("test_loss", "test_acc")
 # shipped model answers; without patches it equals test_acc.
 IMAGE_METRICS = ("test_image_acc",)
 REPORTED_METRICS = EPOCH_METRICS + FINAL_METRICS + IMAGE_METRICS
+# The study selects on validation unless told otherwise: a test figure that chose the
+# model is no longer a held-out estimate of it.
+DEFAULT_METRIC = "valid_acc"
+
+
+def selection_split(metric: str) -> str:
+    """The split whose figures choose the best trial: "test" for a test_* metric (as the
+    original tool's configs had it), else "validation"."""
+    return "test" if metric.startswith("test_") else "validation"
 
 # Upper bounds of the counts a user may ask for, shared by the config models and the
 # CLI's flags: a value past them is a typo, and an integer past 64 bits would overflow
