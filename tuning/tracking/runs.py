@@ -47,6 +47,9 @@ def study_client(tracking_uri: str) -> RetryingClient:
     """The retrying client of a study's driver, after the checks a start makes."""
     for name, value in retrying.MLFLOW_RETRY_DEFAULTS.items():
         os.environ.setdefault(name, value)
+    # Logging a model loads it back (input example check) through an artifact download,
+    # whose progress bar was a third of the driver's, the Ray job's and the web log's lines.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     retrying.outage_budget_s()  # a malformed value fails now, not in the middle of an outage
     check_usable(tracking_uri)
     return RetryingClient(MlflowClient(tracking_uri=tracking_uri))
