@@ -32,8 +32,18 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import (Workspace, emit, machine_info, median, parser, print_machine,
-                          quiet_logs, start_ray, stop_ray, table)
+from bench.common import (
+    Workspace,
+    emit,
+    machine_info,
+    median,
+    parser,
+    print_machine,
+    quiet_logs,
+    start_ray,
+    stop_ray,
+    table,
+)
 
 TARGET_FIRST_BATCH_S = 0.5
 CLASSES = 10

@@ -29,8 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import (REPO, Workspace, emit, machine_info, median, parser, print_machine,
-                          quiet_logs, table)
+from bench.common import REPO, Workspace, emit, machine_info, median, parser, print_machine, quiet_logs, table
 
 TARGET = 0.95
 ANCHOR = REPO.parent / "shared" / "anchors" / "h100-resnet-bare-pytorch.json"
@@ -50,10 +49,10 @@ def make_variants(split, *, device, model_name: str, num_classes: int, in_channe
     import torch
     import torch.nn.functional as F
 
-    from tuning.data import Split
-    from tuning.trial.model import build_model
     from tuning.config.params import TrainingParams
+    from tuning.data import Split
     from tuning.trial.batches import channel_stats
+    from tuning.trial.model import build_model
     from tuning.trial.trainable import DeviceSplit, make_optimizer, train_epoch
 
     if limit is not None and limit < len(split.labels):
@@ -141,8 +140,8 @@ def epoch_extras(valid, mean, std, *, device, model_name, num_classes, in_channe
     """What a trial does per epoch besides training: evaluate, and the checkpoint file."""
     import torch
 
-    from tuning.trial.model import build_model
     from tuning.config.params import TrainingParams
+    from tuning.trial.model import build_model
     from tuning.trial.trainable import evaluate, make_optimizer, save_checkpoint
 
     torch.manual_seed(0)
@@ -196,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
           f"of {limit or 'all'} images; ratio on {clock} time")
     print_machine(info)
 
-    from tuning.data.augment import AugmentSettings
     from tuning.data import prepare_data
+    from tuning.data.augment import AugmentSettings
     from tuning.study import preprocess_settings
     from tuning.trial.trainable import DeviceSplit
 

@@ -42,8 +42,19 @@ from functools import wraps
 from pathlib import Path
 from typing import Any
 
-from bench.common import (Workspace, emit, machine_info, median, parser, print_machine,
-                          process_start_time, quiet_logs, start_ray, stop_ray, table)
+from bench.common import (
+    Workspace,
+    emit,
+    machine_info,
+    median,
+    parser,
+    print_machine,
+    process_start_time,
+    quiet_logs,
+    start_ray,
+    stop_ray,
+    table,
+)
 
 TARGET = 1.10
 NO_MODELS = "service-no-models"
@@ -296,8 +307,8 @@ def _extra_patches(timeline: Timeline) -> list[tuple[Any, str, Any]]:
 
 def run_service(plan, trainable, *, reuse_actors: bool | None) -> dict[str, Any]:
     from data_access.recorder import DjangoStudyRecorder
-    from tuning.tracking.progress import ProgressDisplay
     from tuning.study import run_study
+    from tuning.tracking.progress import ProgressDisplay
 
     timeline = Timeline()
     recorder = TimedRecorder(DjangoStudyRecorder(), timeline)

@@ -22,7 +22,7 @@ import os
 import time
 from typing import Any
 
-from bench.common import (REPO, emit, machine_info, parser, print_machine, quiet_logs, table)
+from bench.common import REPO, emit, machine_info, parser, print_machine, quiet_logs, table
 
 ANCHOR = REPO.parent / "shared" / "anchors" / "h100-resnet-bare-pytorch.json"
 TARGET = 0.90
@@ -56,10 +56,10 @@ def packed_trial(config: dict[str, Any]) -> None:
     import torch
     from ray import tune
 
-    from tuning.data import Split
-    from tuning.trial.model import build_model
     from tuning.config.params import TrainingParams
+    from tuning.data import Split
     from tuning.trial.batches import channel_stats
+    from tuning.trial.model import build_model
     from tuning.trial.trainable import DeviceSplit, make_optimizer, train_epoch
 
     torch.set_num_threads(1)

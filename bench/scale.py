@@ -44,8 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import (REPO, Workspace, emit, machine_info, median, parser,
-                          print_machine, quiet_logs, table)
+from bench.common import REPO, Workspace, emit, machine_info, median, parser, print_machine, quiet_logs, table
 
 LOCAL_SH = REPO / "cluster" / "local.sh"
 SIDE = 224

@@ -54,8 +54,18 @@ import os
 import time
 from typing import Any, Callable
 
-from bench.common import (Workspace, emit, machine_info, median, parser, print_machine,
-                          quiet_logs, start_ray, stop_ray, table)
+from bench.common import (
+    Workspace,
+    emit,
+    machine_info,
+    median,
+    parser,
+    print_machine,
+    quiet_logs,
+    start_ray,
+    stop_ray,
+    table,
+)
 
 TARGET_RATIO = 0.33
 # tuning.study._searcher builds TPESampler(seed=...) with Optuna's default start-up count:
@@ -97,8 +107,8 @@ def train_original_trial(plan, params, device, record: Callable[[int, float], No
     import torch
 
     from tuning.study import augment_settings
-    from tuning.trial.model import build_model
     from tuning.trial.batches import channel_stats
+    from tuning.trial.model import build_model
     from tuning.trial.trainable import DeviceSplit, evaluate, make_optimizer, train_epoch
 
     torch.manual_seed(params.data.seed)

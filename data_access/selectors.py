@@ -12,10 +12,10 @@ from django.db.models import Count
 
 from data_access.db import database_description, database_errors_as_user_errors
 from data_access.models import Theme, ThemeImage, TuningParamConfig, TuningStudy, TuningTrial
+from tuning.data.theme import Sample, ThemeSpec
 from tuning.errors import StudyNotFoundError, ThemeError
 from tuning.redact import redact_text
 from tuning.states import ACTIVE_STATUSES
-from tuning.data.theme import Sample, ThemeSpec
 
 __all__ = [
     "ParamConfigInfo",

@@ -221,9 +221,9 @@ JA = {
 
 
 def _unquote(lines: list[str]) -> str:
-    return "".join(re.match(r'^(?:msgid(?:_plural)? |msgstr(?:\[\d\])? )?"(.*)"$', l).group(1)
+    return "".join(re.match(r'^(?:msgid(?:_plural)? |msgstr(?:\[\d\])? )?"(.*)"$', line).group(1)
                    .encode().decode("unicode_escape").encode("latin-1").decode("utf-8")
-                   for l in lines)
+                   for line in lines)
 
 
 def _quote(text: str) -> str:
@@ -241,7 +241,7 @@ def fill(po_path: Path) -> list[str]:
     out = []
     for block in blocks:
         lines = block.split("\n")
-        starts = [i for i, l in enumerate(lines) if l.startswith("msgid ")]
+        starts = [i for i, line in enumerate(lines) if line.startswith("msgid ")]
         if not starts:
             out.append(block)
             continue
@@ -258,7 +258,7 @@ def fill(po_path: Path) -> list[str]:
             continue
         # makemessages marks a changed msgid fuzzy (compilemessages then leaves it out)
         # and keeps the old one in "#|" lines: the table's text is the translation.
-        head = [_unfuzzy(l) for l in lines[:i] if l != "#, fuzzy" and not l.startswith("#|")]
+        head = [_unfuzzy(line) for line in lines[:i] if line != "#, fuzzy" and not line.startswith("#|")]
         plural = j < len(lines) and lines[j].startswith("msgid_plural")
         text = JA.get(msgid)
         if text is None:

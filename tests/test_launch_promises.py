@@ -40,11 +40,10 @@ import torchvision
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import make_site, tiny_config_files
-from tests.reliability.test_reliability_mlflow_outage import MlflowServer
-from tests.reliability.reliability_helpers import trials_done
-
 import launch
+from tests.conftest import make_site, tiny_config_files
+from tests.reliability.reliability_helpers import trials_done
+from tests.reliability.test_reliability_mlflow_outage import MlflowServer
 from tuning.recovery.resume import RESUME_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -210,24 +209,24 @@ def scenario(site, ray_local_join, tmp_path_factory):
         env_a = {**join_env, "MLFLOW_TRACKING_URI": server.uri,
                  "THEMETUNE_MLFLOW_OUTAGE_S": str(OUTAGE_BUDGET_S)}
         a = Launch(env_a, folder, *shared, "--configs", configs_a, "--n-trials", TRIALS_A)
-        a.wait_for(lambda l: (trials_done(l) or 0) >= 1, timeout=400)
+        a.wait_for(lambda line: (trials_done(line) or 0) >= 1, timeout=400)
 
         b = Launch(join_env, folder, *shared, "--configs", configs_b,
                    "--n-trials", TRIALS_B, "--timeout", TIMEOUT_B)
-        _, b_tune_started, _ = b.wait_for(lambda l: "continue with: " in l, timeout=400)
+        _, b_tune_started, _ = b.wait_for(lambda line: "continue with: " in line, timeout=400)
         b.wait(timeout=600)
 
         seen = len(a.lines)
-        done_at_b_end = max([trials_done(l) or 0 for _, l in a.lines[:seen]])
+        done_at_b_end = max([trials_done(line) or 0 for _, line in a.lines[:seen]])
         # The trial A ran when B ended, then one A asked after B's end.
-        a.wait_for(lambda l: (trials_done(l) or 0) >= done_at_b_end + 2, timeout=300,
+        a.wait_for(lambda line: (trials_done(line) or 0) >= done_at_b_end + 2, timeout=300,
                    after=seen)
 
         seen = len(a.lines)
         server.stop()
-        a.wait_for(lambda l: "MLflow tracking server unreachable" in l, timeout=300, after=seen)
+        a.wait_for(lambda line: "MLflow tracking server unreachable" in line, timeout=300, after=seen)
         a.proc.send_signal(signal.SIGINT)
-        a.wait_for(lambda l: "SIGINT received" in l, timeout=120, after=seen)
+        a.wait_for(lambda line: "SIGINT received" in line, timeout=120, after=seen)
         second = time.monotonic()
         a.proc.send_signal(signal.SIGINT)
         a.wait(timeout=OUTAGE_BUDGET_S * 4 + 300)
@@ -274,7 +273,7 @@ def test_timeout_ends_the_study_within_its_budget(site, scenario):
     # shutting Ray down (generous for a loaded 2-core machine). 200 trials would need
     # several minutes.
     assert scenario["b_tune_seconds"] < TIMEOUT_B + 120, scenario["b_tune_seconds"]
-    last = [l for l in scenario["b"].output.splitlines() if trials_done(l) is not None][-1]
+    last = [line for line in scenario["b"].output.splitlines() if trials_done(line) is not None][-1]
     assert trials_done(last) < TRIALS_B
 
 

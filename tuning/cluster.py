@@ -10,9 +10,9 @@ from pathlib import Path
 
 import theme_classifier
 import tuning
-from tuning.tracking import output
 from tuning.config.infra import RaySection
 from tuning.storage import is_remote_storage, local_storage_path
+from tuning.tracking import output
 
 
 def ensure_ray(section: RaySection) -> None:

@@ -17,12 +17,11 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 from sqlalchemy.exc import SQLAlchemyError
 
+from tuning.config.params import epoch_metric_for, is_final_result
 from tuning.errors import StorageError
 from tuning.numbers import is_finite_number
-from tuning.config.params import epoch_metric_for, is_final_result
 from tuning.redact import redact_text
 from tuning.storage import absolute_url, check_storage_url, journal_path
-
 
 # Set on each Optuna trial this searcher asks for: after a driver crash, the RUNNING
 # trials carrying this study's parent run id, but unknown to the restored searcher,

@@ -8,8 +8,8 @@ from __future__ import annotations
 from django import forms
 from django.utils.translation import gettext_lazy as _
 
-from tuning.config.yaml_loader import MAX_YAML_BYTES
 from tuning.config.params import REPORTED_METRICS
+from tuning.config.yaml_loader import MAX_YAML_BYTES
 from tuning.tracking.names import theme_name_problem
 
 _NUMBER = {"inputmode": "decimal", "class": "num"}

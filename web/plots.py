@@ -13,8 +13,7 @@ from typing import Any
 
 import optuna
 from django.utils.translation import gettext_lazy as _
-from optuna.distributions import (BaseDistribution, CategoricalDistribution,
-                                  FloatDistribution, IntDistribution)
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState as OptunaState
 
 from data_access.selectors import ParamConfigInfo, StudyInfo, TrialInfo

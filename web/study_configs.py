@@ -17,9 +17,9 @@ import yaml
 
 from tuning.cluster import check_resources
 from tuning.config import ConfigFiles, Overrides, StudyConfig, load_study_config
+from tuning.config.params import DEFAULT_METRIC, deep_merge
 from tuning.config.yaml_loader import read_yaml
 from tuning.errors import ConfigError
-from tuning.config.params import DEFAULT_METRIC, deep_merge
 
 FILE_NAMES = ("optuna_params.yaml", "params.yaml", "config.yaml", "augments.yaml")
 DEFAULT_PRESET = "default"

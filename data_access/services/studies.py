@@ -9,12 +9,12 @@ from django.db import transaction
 
 from data_access.db import database_description
 from data_access.models import TuningParamConfig, TuningStudy, TuningTrial
-from tuning.errors import StudyNotFoundError
 from data_access.services._values import aware, finite_or_none, json_safe
 from data_access.services.themes import require_theme
+from tuning.errors import StudyNotFoundError
 from tuning.redact import redact_url
-from tuning.tracking.recording import StudyEnd, StudyStart, TrialEnd, TrialResult, TrialStart
 from tuning.states import ACTIVE_STATUSES, StudyStatus, TrialState
+from tuning.tracking.recording import StudyEnd, StudyStart, TrialEnd, TrialResult, TrialStart
 
 
 def study_create(*, theme_id: int, event: StudyStart) -> TuningStudy:

@@ -13,8 +13,16 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.cluster.conftest import (PYTHON, RAY, SUBMIT, child_runs, configs, parent_run_of,
-                                    submit, wait_for_status)
+from tests.cluster.conftest import (
+    PYTHON,
+    RAY,
+    SUBMIT,
+    child_runs,
+    configs,
+    parent_run_of,
+    submit,
+    wait_for_status,
+)
 
 pytestmark = pytest.mark.ray
 

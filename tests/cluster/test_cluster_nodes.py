@@ -20,8 +20,15 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.cluster.conftest import (LOCAL_SH, child_runs, configs, parent_run_of,
-                                    started_cluster, submit, wait_for_status)
+from tests.cluster.conftest import (
+    LOCAL_SH,
+    child_runs,
+    configs,
+    parent_run_of,
+    started_cluster,
+    submit,
+    wait_for_status,
+)
 
 pytestmark = pytest.mark.ray
 

@@ -12,8 +12,8 @@ from django.core.management.base import CommandError
 
 from data_access import selectors, services
 from data_access.models import Theme
-from tuning.errors import ThemeError
 from tuning.data.theme import ThemeSpec
+from tuning.errors import ThemeError
 
 pytestmark = pytest.mark.django_db
 

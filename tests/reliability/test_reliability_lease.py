@@ -17,12 +17,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import tiny_config_files
-from tests.reliability.reliability_helpers import (Driver, run_launch, trial_folder_files,
-                                                   trials_done)
+from tests.reliability.reliability_helpers import Driver, run_launch, trial_folder_files, trials_done
 from tuning.processes import process_start_time
 from tuning.recovery import lease
 from tuning.recovery.resume import RESUME_FILE
-
 
 # -- the lease file, against real processes --------------------------------------------
 

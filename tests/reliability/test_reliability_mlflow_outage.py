@@ -17,8 +17,8 @@ from mlflow.tracking import MlflowClient
 from tests.conftest import tiny_config_files
 from tests.reliability.reliability_helpers import free_port, run_launch
 from tuning.config import ConfigFiles, Overrides, load_study_config
-from tuning.tracking.progress import ProgressDisplay
 from tuning.study import prepare_study, run_study
+from tuning.tracking.progress import ProgressDisplay
 
 pytestmark = pytest.mark.ray
 

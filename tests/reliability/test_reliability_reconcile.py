@@ -18,10 +18,10 @@ import optuna.distributions as od
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tuning.optuna_adapter import StudySearch, open_storage
 from tuning.tracking import runs
 from tuning.tracking.callbacks import ORPHAN_REASON, StudyCallback
 from tuning.tracking.ledger import COMPLETE, RUNNING, StudyLedger
-from tuning.optuna_adapter import StudySearch, open_storage
 from tuning.tracking.progress import ProgressDisplay
 from tuning.tracking.recording import NullRecorder
 

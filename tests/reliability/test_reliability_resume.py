@@ -12,8 +12,8 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.reliability.reliability_helpers import Driver, run_launch, trials_done
 from tests.conftest import tiny_config_files
+from tests.reliability.reliability_helpers import Driver, run_launch, trials_done
 from tuning.recovery.resume import RESUME_FILE
 
 pytestmark = pytest.mark.ray

@@ -15,8 +15,8 @@ from mlflow.tracking import MlflowClient
 from tests.conftest import tiny_config_files
 from tuning.config import ConfigFiles, Overrides, load_study_config
 from tuning.errors import ConfigError
-from tuning.tracking.progress import ProgressDisplay
 from tuning.study import prepare_study, run_study
+from tuning.tracking.progress import ProgressDisplay
 
 pytestmark = pytest.mark.ray
 

@@ -10,10 +10,9 @@ import optuna.distributions as od
 import pytest
 import yaml
 
-from tests.conftest import tiny_config_files
 from tuning.config import ConfigFiles, Overrides, load_study_config
-from tuning.errors import ConfigError
 from tuning.config.search_space import CategoricalParam, FloatParam, IntParam, to_distributions
+from tuning.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 

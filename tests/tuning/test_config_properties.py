@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from tuning.config import ConfigFiles, Overrides, StudyConfig, load_study_config
-from tuning.errors import ConfigError
 from tuning.config.params import known_param_paths
 from tuning.config.search_space import to_distributions
+from tuning.errors import ConfigError
 
 BASE = {
     "optuna_params": {

@@ -4,7 +4,6 @@ alike and train to the same metrics; the mode choice; steps_per_epoch; no theme 
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from tests.tuning.test_data import BASE, make_theme, prepare
 from tuning.data.mode import GIB, choose_mode
 from tuning.data.shards import SHARD_SUFFIX, ShardedData, prepare_shards, shard_root
 from tuning.errors import DataError
-from tuning.trial.batches import (DeviceSplit, StreamSplit, channel_stats, stats_from_sums)
+from tuning.trial.batches import DeviceSplit, StreamSplit, channel_stats, stats_from_sums
 from tuning.trial.model import build_model
 from tuning.trial.trainable import evaluate_test, train_epoch
 

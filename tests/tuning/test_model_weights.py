@@ -12,8 +12,8 @@ import torchvision
 from tests.conftest import tiny_config_files
 from tuning.config import ConfigFiles, Overrides, load_study_config
 from tuning.errors import ConfigError
-from tuning.trial.model import build_model
 from tuning.study import prepare_study
+from tuning.trial.model import build_model
 
 
 def test_layers_whose_shape_differs_are_skipped(tmp_path):

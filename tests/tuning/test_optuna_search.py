@@ -19,9 +19,8 @@ import optuna.distributions as od
 import pytest
 from optuna.trial import TrialState
 
-from tuning.optuna_adapter import (MLFLOW_RUN_ATTR, ORIGIN_ATTR, RAY_TRIAL_ATTR, StudySearch,
-                                   open_storage)
 from tuning.config.params import REPORTED_METRICS, epoch_metric_for
+from tuning.optuna_adapter import MLFLOW_RUN_ATTR, ORIGIN_ATTR, RAY_TRIAL_ATTR, StudySearch, open_storage
 
 SPACE = {"training.learning_rate": od.FloatDistribution(1e-4, 1e-1, log=True)}
 

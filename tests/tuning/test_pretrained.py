@@ -16,12 +16,12 @@ import torchvision
 
 from tests.conftest import make_site, tiny_config_files
 from tuning.config import ConfigFiles, Overrides, load_study_config
+from tuning.config.params import TrainingParams
+from tuning.config.search_space import to_distributions
 from tuning.data import Split
 from tuning.errors import ConfigError
 from tuning.trial.model import build_model, freeze_backbone
-from tuning.config.params import TrainingParams
 from tuning.trial.pretrained import load_imagenet_state, load_study_weights
-from tuning.config.search_space import to_distributions
 from tuning.trial.trainable import DeviceSplit, load_state_dict, make_optimizer, train_epoch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -219,8 +219,8 @@ def test_launch_dry_run_without_the_file_exits_2_with_one_line(
 @pytest.mark.ray
 def test_linear_probe_study_keeps_the_pretrained_backbone(
         ray_local, mlflow_uri, tmp_path, digits_theme, torch_home):
-    from tuning.tracking.progress import ProgressDisplay
     from tuning.study import prepare_study, run_study
+    from tuning.tracking.progress import ProgressDisplay
 
     planted = plant_resnet18(torch_home)
     folder = tmp_path / "configs"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import optuna.distributions as od
 
-from tuning.tracking.ledger import COMPLETE, FAIL, StudyLedger, TrialRecord
 from tuning.config.params import is_final_result, known_param_paths, params_with_sample
-from tuning.tracking.progress import progress_line
 from tuning.config.search_space import format_space, parse_param, to_distributions
+from tuning.tracking.ledger import COMPLETE, FAIL, StudyLedger, TrialRecord
+from tuning.tracking.progress import progress_line
 
 
 def test_distributions_match_the_yaml():

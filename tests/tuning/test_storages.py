@@ -15,11 +15,11 @@ from mlflow.tracking import MlflowClient
 from tests.conftest import tiny_config_files
 from tests.reliability.reliability_helpers import free_port
 from tuning.config import ConfigFiles, Overrides, load_study_config
+from tuning.config.search_space import to_distributions
 from tuning.errors import StorageError
 from tuning.optuna_adapter import open_storage
-from tuning.tracking.progress import ProgressDisplay
-from tuning.config.search_space import to_distributions
 from tuning.study import prepare_study, run_study
+from tuning.tracking.progress import ProgressDisplay
 
 SPACE = {"training.learning_rate": {"type": "float", "low": 0.001, "high": 0.01, "log": True},
          "training.optimizer": {"type": "categorical", "choices": ["Adam", "AdamW"]}}

@@ -14,9 +14,9 @@ from mlflow.tracking import MlflowClient
 from tests.conftest import tiny_config_files
 from tuning.config import ConfigFiles, Overrides, load_study_config
 from tuning.errors import StorageError
+from tuning.study import prepare_study, run_study
 from tuning.tracking.progress import ProgressDisplay
 from tuning.tracking.recording import StudyEnd, StudyStart, TrialEnd, TrialResult, TrialStart
-from tuning.study import prepare_study, run_study
 
 pytestmark = pytest.mark.ray
 

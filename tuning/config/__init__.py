@@ -14,15 +14,25 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from tuning.config.infra import AugmentsConfig, InfraConfig
+from tuning.config.params import (
+    DEFAULT_METRIC,
+    MAX_CONCURRENT_TRIALS,
+    MAX_SEED,
+    MAX_TIMEOUT_SECONDS,
+    MAX_TRIALS,
+    REPORTED_METRICS,
+    Strict,
+    TrainingParams,
+    deep_merge,
+    has_dotted,
+    known_param_paths,
+    params_with_sample,
+)
+from tuning.config.search_space import ParamSpec, parse_param
 from tuning.config.validation_errors import config_error_from_validation, printable
 from tuning.config.yaml_loader import read_yaml
 from tuning.errors import ConfigError, shown_value
-from tuning.config.infra import AugmentsConfig, InfraConfig
-from tuning.config.params import (DEFAULT_METRIC, MAX_CONCURRENT_TRIALS, MAX_SEED,
-                                  MAX_TIMEOUT_SECONDS, MAX_TRIALS, REPORTED_METRICS, Strict,
-                                  TrainingParams,
-                                  deep_merge, has_dotted, known_param_paths, params_with_sample)
-from tuning.config.search_space import ParamSpec, parse_param
 
 
 class StudySection(Strict):

@@ -6,8 +6,15 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from tuning.config.params import (MAX_CONCURRENT_TRIALS, MAX_COUNT, MAX_CPUS, MAX_EPOCHS,
-                                  MAX_GPUS, MAX_MEMORY_GB, Strict)
+from tuning.config.params import (
+    MAX_CONCURRENT_TRIALS,
+    MAX_COUNT,
+    MAX_CPUS,
+    MAX_EPOCHS,
+    MAX_GPUS,
+    MAX_MEMORY_GB,
+    Strict,
+)
 
 
 class MlflowSection(Strict):

@@ -6,8 +6,8 @@ import time
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from tuning.numbers import is_finite_number
 from tuning.config.params import REPORTED_METRICS
+from tuning.numbers import is_finite_number
 from tuning.states import TrialState
 
 # How a trial ended (tuning.states), by the short names the callbacks use.

@@ -20,13 +20,13 @@ import torch.nn.functional as F
 from ray import tune
 
 from theme_classifier.preprocess import network_input, standardize, to_unit
-from tuning.data.augment import AugmentSettings, augment_batch
+from tuning.config.params import TrainingParams, params_with_sample
 from tuning.data import TrialData
+from tuning.data.augment import AugmentSettings, augment_batch
 from tuning.data.shards import ShardedData
 from tuning.trial.batches import DeviceSplit, StreamSplit, stats_from_sums
 from tuning.trial.memory_cap import GIB, TrialOutOfMemoryError, is_out_of_memory, memory_cap
 from tuning.trial.model import build_model, freeze_backbone, set_train_mode
-from tuning.config.params import TrainingParams, params_with_sample
 
 CHECKPOINT_FILE = "checkpoint.pt"
 # Evaluation batches hold a fixed number of pixels, not of images: 512 images at 64 px,

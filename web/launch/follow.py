@@ -21,9 +21,9 @@ from django.utils import timezone
 from data_access import selectors, services
 from data_access.models import TuningStudy
 from data_access.selectors import StudyInfo
+from tuning.errors import LaunchError
 from tuning.states import StudyStatus
 from web.launch import local, ray_jobs
-from tuning.errors import LaunchError
 from web.launch.start import LOG_NAME
 
 _TAIL_BYTES = 64 * 1024

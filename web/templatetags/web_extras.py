@@ -7,8 +7,8 @@ from django import template
 from django.conf import settings
 from django.utils.translation import gettext_lazy as _
 
-from tuning.tracking.progress import format_duration
 from tuning.states import StudyStatus, TrialState
+from tuning.tracking.progress import format_duration
 
 register = template.Library()
 
