@@ -97,7 +97,7 @@ def place(tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> dict:
     folder = tmp_path_factory.mktemp("hardening_stores_site")
-    images = write_digits_folder(folder / "images", per_class=12, classes=2)
+    images = write_digits_folder(folder / "images", per_class=20, classes=2)
     (folder / "site").mkdir()
     site = make_site(folder / "site", images, theme_name="stores_digits")
     return {**site, "configs": tiny_config_files(folder / "configs", n_trials=1)}
