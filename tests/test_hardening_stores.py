@@ -254,3 +254,21 @@ def test_a_garbage_tracking_uri_is_refused(outcomes, command, index):
     line = _assert_refused(outcomes[command.format(index)], "MLFLOW_TRACKING_URI",
                            repr(GARBAGE_URIS[index]))
     assert "sqlite:///" in line   # the forms that work
+
+
+def test_a_store_of_an_older_mlflow_is_refused_not_upgraded(tmp_path):
+    """MLflow migrates a store that lacks a table of its schema when it opens it: a
+    command that only reads says so instead (in process: the rule predict.py and the
+    web go through)."""
+    from tuning.errors import TrackingStoreError
+    from tuning.tracking import registry
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        for table in registry.MLFLOW_TABLES:
+            db.execute(f"CREATE TABLE {table} (id INTEGER)")
+    db.close()
+    before = _digest(path)
+    with pytest.raises(TrackingStoreError, match="older MLflow version.*mlflow db upgrade"):
+        registry.check_readable(f"sqlite:///{path}")
+    assert _digest(path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["old.db"]

@@ -123,6 +123,8 @@ def check_readable(tracking_uri: str) -> None:
     if tracking_uri.startswith("sqlite:"):
         path = _sqlite_file(tracking_uri)
         problem = "" if path is None else _sqlite_read_problem(path)
+    elif tracking_uri.startswith("databricks"):
+        pass   # `databricks` alone is MLflow's name for a workspace, not a folder
     elif ":" not in tracking_uri or tracking_uri.startswith("file:") or \
             len(tracking_uri.split(":", 1)[0]) == 1:
         problem = _folder_read_problem(_folder(tracking_uri))
@@ -169,7 +171,8 @@ def _sqlite_read_problem(path: Path) -> str:
     if older:
         return (f"{path} is an MLflow store of an older MLflow version (no table "
                 f"{', '.join(older[:3])}{', ...' if len(older) > 3 else ''}); MLflow would "
-                f"upgrade it on opening, and a command that only reads does not")
+                f"upgrade it on opening, and a command that only reads does not (upgrade it "
+                f"once with `mlflow db upgrade sqlite:///{path}`)")
     return ""
 
 
