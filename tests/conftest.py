@@ -149,3 +149,18 @@ def mlflow_uri(tmp_path, monkeypatch) -> str:
 def _no_exported_run_id(monkeypatch):
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     yield
+
+
+# Tests that use these fixtures get the matching marker without having to say so:
+# `make test-fast` deselects them, and a test cannot start Ray or PostgreSQL unmarked.
+_FIXTURE_MARKERS = {"ray_local": "ray", "ray_local_join": "ray", "postgres": "postgres"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for fixture, marker in _FIXTURE_MARKERS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(marker)
+        callspec = getattr(item, "callspec", None)
+        if callspec and any("postgres" in str(v) for v in callspec.params.values()):
+            item.add_marker("postgres")

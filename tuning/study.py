@@ -132,7 +132,6 @@ def prepare_study(config: StudyConfig, theme: ThemeSpec, *, study_name: str | No
     a real run that must build streaming shards (decoded by tasks across the cluster)."""
     names.check_study_theme(theme.name, theme.id)   # MLflow would refuse it at the end
     _check_theme_fits(config, theme)
-    _say_if_test_split_selects(config)
     lease.stale_after_s()   # read only when a lease is found: a bad value is told now
     name = study_name or config.study.name
     storage.check_study_places(config, study_name=study_name, storage_url=storage_url)
@@ -152,6 +151,8 @@ def prepare_study(config: StudyConfig, theme: ThemeSpec, *, study_name: str | No
     distributions = to_distributions(config.space)
     stored = check_existing_study(optuna_storage, name, direction=config.study.direction,
                                   distributions=distributions)
+    # Said once every check has passed: a refused study prints its one error line alone.
+    _say_if_test_split_selects(config)
     return StudyPlan(config=config, theme=theme, data=data, study_name=name,
                      storage_url=storage_url, storage=optuna_storage,
                      distributions=distributions,

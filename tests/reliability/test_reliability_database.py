@@ -9,11 +9,14 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.conftest import tiny_config_files
 from tests.reliability.postgres_server import PostgresServer
 from tests.reliability.reliability_helpers import ROOT, Driver, free_port, run_launch
 
 
+@pytest.mark.slow
 def test_reliability_database_down_at_start_exits_2(site, tmp_path):
     configs = tiny_config_files(tmp_path / "configs")
     port = free_port()  # nothing listens there

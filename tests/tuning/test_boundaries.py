@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = ("django", "data_access", "web")
 
@@ -28,6 +30,7 @@ def test_no_tuning_module_imports_django_or_data_access():
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
+@pytest.mark.slow
 def test_importing_every_tuning_module_loads_no_django():
     modules = sorted(m.name for m in pkgutil.walk_packages([str(ROOT / "tuning")],
                                                            prefix="tuning."))

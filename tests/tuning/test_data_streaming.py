@@ -104,6 +104,7 @@ def _train_and_test(data, seed: int = 3, max_steps=6) -> tuple:
     return losses, evaluate_test(model, splits[2], mean, std)
 
 
+@pytest.mark.slow
 def test_both_paths_train_to_the_same_metrics(theme, tmp_path):
     resident = prepare(theme, PATCHED)
     streamed = shards(theme, PATCHED, tmp_path / "shards")

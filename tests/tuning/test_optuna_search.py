@@ -231,6 +231,7 @@ def _write_study(url: str) -> int:
     return storage.get_study_id_from_name("dash")
 
 
+@pytest.mark.slow
 def test_optuna_dashboard_shows_intermediate_values_and_links(tmp_path):
     pytest.importorskip("optuna_dashboard")
     url = f"sqlite:///{tmp_path / 'optuna.db'}"

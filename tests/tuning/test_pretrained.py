@@ -196,6 +196,7 @@ def test_a_file_that_is_not_resnet18_weights_is_a_config_error(torch_home):
         load_imagenet_state("ResNet18")
 
 
+@pytest.mark.slow
 def test_launch_dry_run_without_the_file_exits_2_with_one_line(
         tmp_path_factory, digits_folder, tmp_path):
     site = make_site(tmp_path_factory.mktemp("site"), digits_folder, theme_name="pre_digits")

@@ -84,6 +84,7 @@ def log_of(study_id: int) -> str:
     return launch.log_tail(selectors.study_get(study_id=study_id))
 
 
+@pytest.mark.slow
 def test_a_cancel_while_the_driver_is_being_started_wins(real_launch, monkeypatch):
     """The cancel arrives before the driver's process exists: no signal can reach it;
     it reads the cancel from its row and stops before anything is created."""
