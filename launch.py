@@ -192,7 +192,7 @@ def _run(args: argparse.Namespace) -> int:
     check_study_places(config, study_name=study_name, storage_url=storage)
     theme = load_theme(config.theme_id)
     check_record(record_id)   # before anything: the dry run refuses what the run would
-    from tuning.study import prepare_study, run_study   # seconds of imports
+    from tuning.study import prepare_study, run_study  # seconds of imports
     # The web UI's cancel, looked for at each phase: its SIGINT may never have arrived.
     watch = _cancel_watch(None if args.dry_run else record_id)
     watch.check()

@@ -28,6 +28,7 @@ def test_generated_theme_is_balanced_jpegs(images):
     assert scale.generate(images, 30) == 0.0   # reused, not written again
 
 
+@pytest.mark.slow
 def test_children_report_their_own_peak_memory(images, tmp_path):
     shards = scale.run_child({"kind": "shards", "images": str(images), "count": 30,
                               "root": str(tmp_path / "shards")})
@@ -38,6 +39,7 @@ def test_children_report_their_own_peak_memory(images, tmp_path):
         assert result["VmHWM"] >= result["VmRSS"] > 0
 
 
+@pytest.mark.slow
 def test_probe_trains_from_either_path(images, tmp_path):
     from tuning.data import prepare_data
     from tuning.data.shards import prepare_shards

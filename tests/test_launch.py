@@ -29,6 +29,7 @@ def launch(site, *args, cwd=None):
                           text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_dry_run_validates_and_starts_nothing(site, tmp_path):
     configs = tiny_config_files(tmp_path / "configs")
     result = launch(site, "--theme-id", site["theme_id"], "--configs", configs, "--dry-run",
@@ -41,6 +42,7 @@ def test_dry_run_validates_and_starts_nothing(site, tmp_path):
     assert not (tmp_path / "configs" / "ray_results").exists()
 
 
+@pytest.mark.slow
 def test_unknown_theme_exits_2_with_one_line(site, tmp_path):
     configs = tiny_config_files(tmp_path / "configs")
     result = launch(site, "--theme-id", 999, "--configs", configs, cwd=tmp_path)
@@ -53,6 +55,7 @@ def test_unknown_theme_exits_2_with_one_line(site, tmp_path):
     assert not (site["folder"] / "mlflow.db").exists()
 
 
+@pytest.mark.slow
 def test_bad_yaml_exits_2_without_traceback(site, tmp_path):
     configs = tiny_config_files(tmp_path / "configs")
     (configs / "optuna_params.yaml").write_text("study:\n  direction: sideways\n")
@@ -63,6 +66,7 @@ def test_bad_yaml_exits_2_without_traceback(site, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_num_classes_that_disagrees_with_theme(site, tmp_path):
     configs = tiny_config_files(tmp_path / "configs", base={"model": {"num_classes": 10}})
     result = launch(site, "--theme-id", site["theme_id"], "--configs", configs, "--dry-run",

@@ -24,6 +24,8 @@ from tuning.redact import redact_text, redact_url
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "SECRETPW"
+# Most cases run launch.py or predict.py as a subprocess: out of `make test-fast`.
+pytestmark = pytest.mark.slow
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,7 @@ def test_list_themes_on_an_empty_database_says_how_to_import(capsys):
 # -- as a user runs it: a child process with its own database
 
 
+@pytest.mark.slow
 def test_not_found_from_the_command_line(tmp_path, run_manage):
     url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
     migrate = run_manage("migrate", "-v", "0", database_url=url, media_root=tmp_path / "m")

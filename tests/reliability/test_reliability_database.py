@@ -34,6 +34,8 @@ def test_reliability_database_down_at_start_exits_2(site, tmp_path):
     assert not (tmp_path / "configs" / "ray_results").exists()
 
 
+@pytest.mark.postgres
+@pytest.mark.ray
 def test_reliability_postgres_down_mid_study_loses_no_record(digits_folder, tmp_path):
     """A real PostgreSQL server is stopped while trials run and started again: the study
     goes on, and every trial's row and every epoch reach the database once it is back."""

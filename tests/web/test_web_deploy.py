@@ -109,6 +109,7 @@ def production(tmp_path):
     return env
 
 
+@pytest.mark.slow
 def test_collectstatic_then_gunicorn_serves_pages_and_whitenoise_static_files(production,
                                                                              tmp_path):
     static_root = Path(production["STATIC_ROOT"])
@@ -165,6 +166,7 @@ def test_collectstatic_then_gunicorn_serves_pages_and_whitenoise_static_files(pr
         log.close()
 
 
+@pytest.mark.slow
 def test_gunicorn_refuses_to_serve_without_a_secret_key():
     """The command line runs with a random per-process key; serving must not."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
