@@ -24,7 +24,7 @@ from tests.cluster.conftest import (
     wait_for_status,
 )
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.cluster]
 
 def test_study_job_runs_trials_on_two_nodes(local_cluster, site, tmp_path):
     """The whole path: submit -> SUCCEEDED, trials on both nodes, each trial its child

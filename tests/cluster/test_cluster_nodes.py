@@ -30,7 +30,7 @@ from tests.cluster.conftest import (
     wait_for_status,
 )
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.cluster]
 
 EPOCHS = 8
 
