@@ -45,7 +45,11 @@ def make_champion(folder: Path) -> str:
     pre = preprocessing_of(settings, mean=[.3], std=[.3])
     torch.manual_seed(0)
     network = build_network("ResNet18", num_classes=len(CLASS_NAMES), in_channels=1)
-    with pytest.MonkeyPatch.context() as mp:
+    # A study run earlier in this process set MLflow's global tracking URI, which wins
+    # over the environment: both point at this store while it is filled, then go back.
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    with pytest.MonkeyPatch.context() as mp, _use_tracking_uri(uri):
         mp.setenv("MLFLOW_TRACKING_URI", uri)   # what the driver's open_study_runs sets
         client = retrying.client()
         run = client.create_run(client.create_experiment(THEME_NAME))
