@@ -97,6 +97,13 @@ class TuningStudy(models.Model):
     best_trial_number = models.IntegerField(null=True, blank=True)
     registered_model = models.CharField(max_length=200, blank=True)
     registered_version = models.CharField(max_length=50, blank=True)
+    # Which images and labels the study saw (tuning.data.keys.theme_content_hash): a
+    # later study tells from it whether the theme changed since.
+    theme_content_hash = models.CharField(max_length=64, blank=True)
+    warm_start = models.JSONField(
+        null=True, blank=True, help_text="The earlier trials the searcher started from.")
+    # tuning.tracking.recording.StudyEvaluation as JSON: the chosen model on the test split.
+    evaluation = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True)
     # How the web UI started the study, to follow and stop it. Empty for a study
     # started from the command line.

@@ -20,9 +20,16 @@ from data_access import services
 from data_access.db import database_description
 from tuning.processes import process_start_time
 from tuning.redact import redact_text
-from tuning.tracking.recording import StudyEnd, StudyStart, TrialEnd, TrialResult, TrialStart
+from tuning.tracking.recording import (
+    StudyEnd,
+    StudyEvaluation,
+    StudyStart,
+    TrialEnd,
+    TrialResult,
+    TrialStart,
+)
 
-Event = StudyStart | TrialStart | TrialResult | TrialEnd | StudyEnd
+Event = StudyStart | TrialStart | TrialResult | TrialEnd | StudyEvaluation | StudyEnd
 
 # Errors that a retry cannot fix: the event is counted as lost at once, so that it
 # does not block every later event behind it.
@@ -58,6 +65,9 @@ class DjangoStudyRecorder:
         self._record(event)
 
     def trial_finished(self, event: TrialEnd) -> None:
+        self._record(event)
+
+    def study_evaluated(self, event: StudyEvaluation) -> None:
         self._record(event)
 
     def study_finished(self, event: StudyEnd) -> None:
@@ -134,6 +144,8 @@ class DjangoStudyRecorder:
             services.trial_add_result(study_id=self.study_id, event=event)
         elif isinstance(event, TrialEnd):
             services.trial_finish(study_id=self.study_id, event=event)
+        elif isinstance(event, StudyEvaluation):
+            services.study_set_evaluation(study_id=self.study_id, event=event)
         elif isinstance(event, StudyEnd):
             services.study_finish(study_id=self.study_id, event=event)
         else:

@@ -20,6 +20,7 @@ from tuning.config.params import REPORTED_METRICS, TrainingParams, selection_spl
 from tuning.config.search_space import describe, to_distributions
 from tuning.data import PreprocessSettings, TrialData, prepare_data
 from tuning.data.augment import AugmentSettings
+from tuning.data.keys import theme_content_hash
 from tuning.data.mode import DataMode, choose_mode
 from tuning.data.shards import prepare_shards, shard_root
 from tuning.data.theme import ThemeSpec
@@ -54,6 +55,7 @@ class StudyPlan:
     storage: optuna.storages.BaseStorage | None
     distributions: dict[str, Any]
     stored_trials: int = 0
+    theme_hash: str = ""   # tuning.data.keys.theme_content_hash
     # ImageNet state dicts by architecture, for the trials that start pretrained
     imagenet_states: dict[str, Any] = field(default_factory=dict)
 
@@ -156,10 +158,12 @@ def prepare_study(config: StudyConfig, theme: ThemeSpec, *, study_name: str | No
     return StudyPlan(config=config, theme=theme, data=data, study_name=name,
                      storage_url=storage_url, storage=optuna_storage,
                      distributions=distributions,
-                     stored_trials=stored, imagenet_states=imagenet_states)
+                     stored_trials=stored, imagenet_states=imagenet_states,
+                     theme_hash=theme_content_hash(theme))
 
 
 SELECTION_TAG = "themetune.selection_split"
+THEME_HASH_TAG = "themetune.theme_content_hash"
 
 
 def _say_if_test_split_selects(config: StudyConfig) -> None:
@@ -376,7 +380,8 @@ def _record_start(run: _StudyRun, ray_job_id: str | None) -> None:
     client, parent_id = run.study_runs.client, run.study_runs.parent_run_id
     if run.resume is None:
         runs.log_params(client, parent_id, _parent_params(plan))
-        runs.set_tags(client, parent_id, {SELECTION_TAG: selection_split(config.study.metric)})
+        runs.set_tags(client, parent_id, {SELECTION_TAG: selection_split(config.study.metric),
+                                          THEME_HASH_TAG: plan.theme_hash})
         for path in vars(config.files).values():
             runs.log_file(client, parent_id, Path(path), "configs")
         runs.log_yaml(client, parent_id, config.resolved(), "configs/resolved.yaml")
@@ -389,7 +394,8 @@ def _record_start(run: _StudyRun, ray_job_id: str | None) -> None:
         optuna_study_name=plan.study_name, optuna_storage=plan.storage_url,
         mlflow_experiment_id=run.study_runs.experiment_id, mlflow_parent_run_id=parent_id,
         resolved_config=config.resolved(), param_space=describe(config.space),
-        ray_job_id=ray_job_id, experiment_path=run.experiment_path))
+        ray_job_id=ray_job_id, experiment_path=run.experiment_path,
+        theme_content_hash=plan.theme_hash))
 
 
 def _searcher(plan: StudyPlan, parent_run_id: str) -> StudySearch:

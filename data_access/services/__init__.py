@@ -17,6 +17,7 @@ from data_access.services.launches import (
 from data_access.services.studies import (
     study_create,
     study_finish,
+    study_set_evaluation,
     study_start_existing,
     trial_add_result,
     trial_finish,
@@ -35,6 +36,7 @@ __all__ = [
     "study_create",
     "study_create_pending",
     "study_finish",
+    "study_set_evaluation",
     "study_mark_ended",
     "study_prepare_resume",
     "study_request_cancel",

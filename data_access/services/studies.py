@@ -3,6 +3,7 @@ a study's start, each trial's start, results and end, the study's end."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from django.db import transaction
@@ -14,7 +15,14 @@ from data_access.services.themes import require_theme
 from tuning.errors import StudyNotFoundError
 from tuning.redact import redact_url
 from tuning.states import ACTIVE_STATUSES, StudyStatus, TrialState
-from tuning.tracking.recording import StudyEnd, StudyStart, TrialEnd, TrialResult, TrialStart
+from tuning.tracking.recording import (
+    StudyEnd,
+    StudyEvaluation,
+    StudyStart,
+    TrialEnd,
+    TrialResult,
+    TrialStart,
+)
 
 
 def study_create(*, theme_id: int, event: StudyStart) -> TuningStudy:
@@ -84,6 +92,10 @@ def study_finish(*, study_id: int, event: StudyEnd) -> None:
         error=event.error or "",
         ended_at=aware(event.ended_at),
     )
+
+
+def study_set_evaluation(*, study_id: int, event: StudyEvaluation) -> None:
+    TuningStudy.objects.filter(pk=study_id).update(evaluation=json_safe(asdict(event)))
 
 
 def trial_start(*, study_id: int, event: TrialStart) -> TuningTrial:
@@ -165,5 +177,7 @@ def _start_fields(event: StudyStart) -> dict[str, Any]:
         mlflow_parent_run_id=event.mlflow_parent_run_id or "",
         ray_job_id=event.ray_job_id or "",
         experiment_path=event.experiment_path or "",
+        theme_content_hash=event.theme_content_hash or "",
+        warm_start=json_safe(event.warm_start),
         started_at=aware(event.started_at),
     )

@@ -118,3 +118,22 @@ def content_key(paths, labels, settings) -> str:
             digest = "unreadable"
         h.update(f"{digest}\0{label}\n".encode())
     return h.hexdigest()
+
+
+def theme_content_hash(theme) -> str:
+    """Which images, under which labels, a theme holds: the same files with the same
+    class names give the same hash whatever their paths or order; any changed pixel,
+    added or removed image or relabelling gives another. A study records it so that a
+    later one can tell whether the theme changed since (champion rescoring, warm starts)."""
+    rows = []
+    for sample in theme.samples:
+        try:
+            with open(sample.path, "rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+        except OSError:
+            digest = "unreadable"
+        rows.append(f"{digest}\0{theme.class_names[sample.label]}\n")
+    h = hashlib.sha256(b"theme\0")
+    for row in sorted(rows):
+        h.update(row.encode())
+    return h.hexdigest()

@@ -3,7 +3,8 @@
 launch.py passes in a recorder backed by the Django DB (data_access/recorder.py);
 tuning/ only sees this protocol, so it never imports Django. Every method is called
 on the driver, in the order: study_started, then per trial trial_started,
-trial_result (once per report), trial_finished; finally study_finished.
+trial_result (once per report), trial_finished; then, for a study with a best trial,
+study_evaluated (the chosen model on the held-out test split); finally study_finished.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ class StudyStart:
     param_space: dict[str, dict[str, Any]]    # dotted name -> {"type", "low", ...}
     ray_job_id: str | None = None
     experiment_path: str | None = None   # Tune's experiment: what `launch.py --resume` takes
+    # tuning.data.keys.theme_content_hash: which images and labels the study saw.
+    theme_content_hash: str | None = None
+    # Where the searcher's prior trials came from ("champion", "study:12", "theme"),
+    # each with what was carried over: {"source", "given", "skipped", "transfer"}.
+    warm_start: list[dict[str, Any]] | None = None
     started_at: datetime = field(default_factory=datetime.now)
 
 
@@ -69,11 +75,28 @@ class StudyEnd:
     ended_at: datetime = field(default_factory=datetime.now)
 
 
+@dataclass(frozen=True)
+class StudyEvaluation:
+    """The chosen model (the best trial's checkpoint) scored once on a split that took
+    no part in choosing it. Rows of `confusion` are true classes, columns predicted."""
+    trial_number: int
+    split: str                                  # "test"
+    class_names: tuple[str, ...]
+    confusion: list[list[int]]
+    # One row per class: {"class", "precision", "recall", "f1", "support"}.
+    per_class: list[dict[str, Any]]
+    # e.g. {"test_acc", "test_balanced_acc", "test_macro_f1"}
+    metrics: dict[str, float]
+    # Up to 24: {"path" (absolute, as in ThemeSpec), "true", "predicted", "confidence"}.
+    misclassified: list[dict[str, Any]] = field(default_factory=list)
+
+
 class StudyRecorder(Protocol):
     def study_started(self, event: StudyStart) -> None: ...
     def trial_started(self, event: TrialStart) -> None: ...
     def trial_result(self, event: TrialResult) -> None: ...
     def trial_finished(self, event: TrialEnd) -> None: ...
+    def study_evaluated(self, event: StudyEvaluation) -> None: ...
     def study_finished(self, event: StudyEnd) -> None: ...
 
 
@@ -90,6 +113,9 @@ class NullRecorder:
         pass
 
     def trial_finished(self, event: TrialEnd) -> None:
+        pass
+
+    def study_evaluated(self, event: StudyEvaluation) -> None:
         pass
 
     def study_finished(self, event: StudyEnd) -> None:
