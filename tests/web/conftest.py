@@ -118,6 +118,24 @@ def make_study(db):
     return make
 
 
+def form_data(values: dict) -> dict:
+    """The new-study form's values (study_configs.initial_values) as the browser posts
+    them: the search space rows as the `params` formset, checkboxes only when ticked."""
+    data = {k: v for k, v in values.items()
+            if k != "space_rows" and v is not False and v is not None}
+    data = {k: ("on" if v is True else v) for k, v in data.items()}
+    rows = values.get("space_rows", [])
+    for index, row in enumerate(rows):
+        for name, value in row.items():
+            if value is True:
+                data[f"params-{index}-{name}"] = "on"
+            elif value is not False:
+                data[f"params-{index}-{name}"] = value
+    data.update({"params-TOTAL_FORMS": str(len(rows)), "params-INITIAL_FORMS": "0",
+                 "params-MIN_NUM_FORMS": "0", "params-MAX_NUM_FORMS": "100"})
+    return data
+
+
 def chromium_path() -> str | None:
     """/usr/bin/chromium, installed with `make browser` if it is missing."""
     path = Path("/usr/bin/chromium")

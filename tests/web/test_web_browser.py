@@ -77,8 +77,7 @@ def shot(page, name: str) -> None:
 def fill_study_form(page, *, n_trials: str, epochs: int | None = None) -> None:
     page.fill("#id_n_trials", n_trials)
     if epochs is not None:
-        base = page.input_value("#id_base_params").replace("num_epochs: 1", f"num_epochs: {epochs}")
-        page.fill("#id_base_params", base)
+        page.fill("#id_num_epochs", str(epochs))
 
 
 def wait_status(page, wanted: str, timeout: float = STUDY_TIMEOUT_MS) -> None:

@@ -12,6 +12,7 @@ import yaml
 from django.urls import reverse
 
 from data_access.models import TuningStudy
+from tests.web.conftest import form_data
 from tuning.config import ConfigFiles, Overrides, load_study_config
 from tuning.errors import ConfigError
 from web import study_configs
@@ -29,7 +30,7 @@ def form_values(theme, settings):
 
 def post(client, user, values):
     client.force_login(user)
-    return client.post(reverse("study_new"), values)
+    return client.post(reverse("study_new"), form_data(values))
 
 
 def field_error(response, field: str) -> str:
@@ -40,9 +41,17 @@ def field_error(response, field: str) -> str:
     return unescape(match.group(1)).strip()
 
 
+def row_error(response, index: int) -> str:
+    page = response.content.decode()
+    match = re.search(rf'id="row-params-{index}".*?<div class="fielderror row-error" '
+                      rf'role="alert">(.*?)</div>', page, re.S)
+    assert match, f"no error shown at row {index}"
+    return unescape(match.group(1)).strip()
+
+
 def cli_error(values, theme_id, tmp_path) -> str:
     """What `launch.py` says about the same files."""
-    texts = study_configs.compose(values, tmp_path)
+    texts = study_configs.compose(values, tmp_path, theme_id=theme_id)
     folder = tmp_path / "cli"
     folder.mkdir()
     for name, text in texts.items():
@@ -54,15 +63,17 @@ def cli_error(values, theme_id, tmp_path) -> str:
 
 
 @pytest.mark.parametrize("field, change, expected", [
-    ("space", lambda v: v.update(space=v["space"].replace("high: 0.01", "high: 0.0001")),
+    ("row 0", lambda v: v["space_rows"][0].update(high="0.0001"),
      "optuna_params.yaml: key 'params_to_tune.training.learning_rate': `low` must be <= `high`"),
     ("n_trials", lambda v: v.update(n_trials="0"),
      "optuna_params.yaml: key 'study.n_trials': Input should be greater than or equal to 1"),
     ("base_params", lambda v: v.update(base_params=v["base_params"].replace(
         "\ntraining:\n", "\ntraining:\n  epochs: 3\n", 1)),
      "optuna_params.yaml: key 'base_params.training.epochs': unknown key."),
-    ("params", lambda v: v.update(params="data:\n  image_size: 4\n"),
+    ("image_size", lambda v: v.update(image_size="4"),
      "params.yaml: key 'data.image_size': Input should be greater than or equal to 8"),
+    ("params", lambda v: v.update(params="training:\n  num_workers: -1\n"),
+     "params.yaml: key 'training.num_workers': Input should be greater than or equal to 0"),
     ("config", lambda v: v.update(config=v["config"] + "mlfow: {}\n"),
      "config.yaml: key 'mlfow': unknown key."),
     ("cpu", lambda v: v.update(cpu="-1"),
@@ -75,15 +86,16 @@ def test_errors_are_the_clis_next_to_their_field(client, tuner, theme, form_valu
     change(form_values)
     response = post(client, tuner, form_values)
     assert response.status_code == 200
-    shown = field_error(response, field)
+    shown = (row_error(response, int(field.split()[1])) if field.startswith("row ")
+             else field_error(response, field))
     assert shown.startswith(expected), shown
     assert shown == cli_error(form_values, theme.id, tmp_path)
     assert not TuningStudy.objects.exists()
 
 
 def test_yaml_syntax_error_names_the_line(client, tuner, form_values):
-    form_values["space"] = "training.learning_rate:\n  type: float\n low: 1\n"
-    shown = field_error(post(client, tuner, form_values), "space")
+    form_values["base_params"] = "training:\n  run_name: x\n num_workers: 1\n"
+    shown = field_error(post(client, tuner, form_values), "base_params")
     assert shown.startswith("YAML syntax error at line 3"), shown
 
 
@@ -112,8 +124,12 @@ def test_valid_form_writes_the_files_launch_py_reads(client, tuner, theme, form_
                                Overrides(theme_id=theme.id))
     assert config.study.n_trials == 5 and config.infra.scheduler.type == "asha"
     assert config.infra.max_concurrent_trials == 1
-    assert yaml.safe_load((folder / "configs" / "params.yaml").read_text()) == \
-        yaml.safe_load(form_values["params"])
+    # params.yaml: the YAML view's keys, the common fields' values and the chosen theme.
+    written = yaml.safe_load((folder / "configs" / "params.yaml").read_text())
+    assert written["training"]["run_name"] == yaml.safe_load(form_values["params"])[
+        "training"]["run_name"]
+    assert written["data"]["image_size"] == int(form_values["image_size"]) == 16
+    assert written["data"]["theme_id"] == theme.id == config.theme_id
 
 
 # ------------------------------------------------- hostile input: a form error, never a 500
@@ -151,7 +167,7 @@ def test_out_of_range_numbers_are_form_errors(client, tuner, form_values, no_sta
 
 @pytest.mark.parametrize("field, text, expected", [
     ("base_params", "a: " + "[" * 10_000 + "]" * 10_000 + "\n", "nesting deeper than 50 levels"),
-    ("space", ALIAS_BOMB, "expands to more than 10000 values"),
+    ("config", ALIAS_BOMB, "expands to more than 10000 values"),
     ("params", "data:\n  seed: 1\n  seed: 2\n",
      "key 'seed': the same key appears twice in one mapping (lines 2 and 3)"),
 ])

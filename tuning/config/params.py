@@ -245,3 +245,104 @@ def params_with_sample(base: dict[str, Any], sample: dict[str, Any]) -> dict[str
     for dotted, value in sample.items():
         tree = set_dotted(tree, dotted, value)
     return tree
+
+# ------------------------------------------------------------ the tunable keys, described
+
+# One line per key that a search space may tune (known_param_paths), for the web UI's
+# settings screen and anyone choosing a key; the accepted values come from the models.
+PARAM_DESCRIPTIONS: dict[str, str] = {
+    "model.name": "Network architecture (torchvision ResNet).",
+    "model.num_classes": "Classes of the theme; set from the theme, not worth a search.",
+    "model.weights": "A local state_dict file to start from.",
+    "model.pretrained": "Start from torchvision's ImageNet weights (local torch hub cache).",
+    "model.freeze_backbone": "Train only the classifier; the backbone stays as loaded.",
+    "training.run_name": "Name of the MLflow parent run.",
+    "training.learning_rate": "Optimizer step size.",
+    "training.batch_size": "Images per training batch.",
+    "training.optimizer": "Optimizer.",
+    "training.num_epochs": "Passes over the training split.",
+    "training.num_workers": "Data loader worker processes (streaming data).",
+    "training.momentum": "SGD momentum.",
+    "training.weight_decay": "L2 penalty on the weights.",
+    "training.steps_per_epoch": "At most this many batches per epoch; empty: the whole split.",
+    "data.theme_id": "The theme to train on; set by the study, not worth a search.",
+    "data.split_ratio.train": "Share of source images in the training split.",
+    "data.split_ratio.valid": "Share of source images in the validation split.",
+    "data.split_ratio.test": "Share of source images in the test split.",
+    "data.seed": "Seed of the split and of training.",
+    "data.image_size": "Side of the square input image, in pixels.",
+    "data.channels": "1 (grayscale) or 3 (colour) input channels.",
+    "data.skip_unreadable": "Skip images that cannot be decoded instead of failing.",
+    "data.mode": "Keep decoded images in memory (resident) or stream shards; auto picks.",
+    "preprocessing.brightness_correction.enabled": "Histogram equalization of each image.",
+    "preprocessing.brightness_correction.method": "Brightness correction method.",
+    "preprocessing.patch.enabled": "Train on square patches cut from each image.",
+    "preprocessing.patch.size": "Patch side in pixels, at most the image size.",
+    "preprocessing.patch.stride": "Step between patches in pixels; empty: the patch size.",
+}
+# Accepted in a search space, but they name the data and the run, not a hyperparameter.
+NOT_WORTH_TUNING = ("data.theme_id", "model.num_classes", "training.run_name")
+
+
+class Accepts(BaseModel):
+    """What one parameter accepts, as its model field says."""
+
+    model_config = ConfigDict(frozen=True)
+    kind: Literal["choices", "bool", "int", "float", "text"]
+    choices: tuple[Any, ...] = ()
+    low: int | float | None = None  # None: unbounded
+    high: int | float | None = None
+    low_open: bool = False          # `> low` rather than `>= low`
+    high_open: bool = False
+    optional: bool = False          # empty (None) is accepted too
+
+
+class TunableKey(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    name: str
+    description: str
+    accepts: Accepts
+    default: Any = None
+
+
+def _field_at(dotted: str):
+    model: type[BaseModel] = TrainingParams
+    *sections, leaf = dotted.split(".")
+    for part in sections:
+        model = model.model_fields[part].annotation  # type: ignore[assignment]
+    return model.model_fields[leaf]
+
+
+def _accepts(field) -> Accepts:
+    annotation = field.annotation
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    optional = type(None) in get_args(annotation)
+    kind_of = args[0] if optional and len(args) == 1 else annotation
+    if get_origin(kind_of) is Literal:
+        return Accepts(kind="choices", choices=get_args(kind_of), optional=optional)
+    if kind_of is bool:
+        return Accepts(kind="bool", choices=(True, False), optional=optional)
+    if kind_of not in (int, float):
+        return Accepts(kind="text", optional=optional)
+    bounds: dict[str, Any] = {}
+    for rule in field.metadata:
+        for name, low, is_open in (("ge", True, False), ("gt", True, True),
+                                   ("le", False, False), ("lt", False, True)):
+            if getattr(rule, name, None) is not None:
+                side = "low" if low else "high"
+                bounds[side] = getattr(rule, name)
+                bounds[f"{side}_open"] = is_open
+    return Accepts(kind="int" if kind_of is int else "float", optional=optional, **bounds)
+
+
+def tunable_keys() -> list[TunableKey]:
+    """Every key a search space may tune and is worth tuning, in the models' order,
+    with its one-line description, what it accepts and its default."""
+    keys = []
+    for dotted in known_param_paths():
+        if dotted in NOT_WORTH_TUNING:
+            continue
+        field = _field_at(dotted)
+        keys.append(TunableKey(name=dotted, description=PARAM_DESCRIPTIONS[dotted],
+                               accepts=_accepts(field), default=field.default))
+    return keys

@@ -94,6 +94,8 @@ class CategoricalParam(Strict):
 ParamSpec = Union[FloatParam, IntParam, CategoricalParam]
 _BY_TYPE: dict[str, type[Strict]] = {"float": FloatParam, "int": IntParam,
                                      "categorical": CategoricalParam}
+# The `type` values a params_to_tune entry may have, in the order a form offers them.
+PARAM_TYPES = tuple(_BY_TYPE)
 
 
 def parse_param(name: str, raw: Any, *, file: str) -> ParamSpec:

@@ -17,7 +17,13 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from data_access import selectors, services
 from tuning.errors import ConfigError, ThemeError
 from web import best_params, launch, optuna_dashboard, study_configs
-from web.forms import StudyForm
+from web.forms import (
+    StudyForm,
+    key_help,
+    param_formset,
+    rows_as_typed,
+    submitted_rows,
+)
 from web.progress import study_progress, trial_duration
 from web.views.common import study_or_404 as _study
 
@@ -95,9 +101,66 @@ def _presets():
 def _initial(theme, preset):
     values = study_configs.initial_values(
         preset, class_count=theme.class_count if theme else None,
-        theme_defaults=theme.default_params if theme else None)
+        theme_defaults=theme.default_params if theme else None,
+        theme_name=theme.name if theme else None)
     values.update(theme=theme.id if theme else None, preset=preset.name)
     return values
+
+
+def _theme_from_query(request, themes):
+    theme_id = request.GET.get("theme", "")
+    # 19 digits hold any SQLite id; int() refuses over 4300 of them (a 500).
+    if theme_id.isdigit() and len(theme_id) <= 19:
+        try:
+            return selectors.theme_get(theme_id=int(theme_id))
+        except ThemeError:
+            return None
+    return selectors.theme_get(theme_id=themes[0].id) if themes else None
+
+
+def _study_new_page(request, form, formset, *, themes, selected):
+    return render(request, "web/study_new.html", {
+        "form": form, "formset": formset, "themes": themes, "selected_theme": selected,
+        "keys": key_help(), "backend": launch.backend()})
+
+
+def _with_added_row(request, form_kwargs):
+    """The page again as typed, with the chosen key's new row and without the removed
+    rows: "add" without JS. Nothing is checked or launched."""
+    bound = StudyForm(request.POST, **form_kwargs)
+    initial = {name: bound[name].data for name in bound.fields}
+    rows = rows_as_typed(param_formset(request.POST))
+    key = request.POST.get("add_param", "")
+    if key in {k["name"] for k in key_help()}:
+        rows.append(study_configs.new_row(key))
+    return StudyForm(initial=initial, **form_kwargs), param_formset(initial=rows)
+
+
+def _launch(form, formset) -> int | None:
+    """Check the form and its rows as the CLI checks the files, and launch; None with
+    each error put beside its field or row."""
+    valid = form.is_valid()
+    if not (formset.is_valid() and valid):
+        return None
+    submitted = submitted_rows(formset)
+    values = {**form.config_values(), "space_rows": [row for _form, row in submitted]}
+    theme_id = form.cleaned_data["theme"]
+    try:
+        files = study_configs.build(values, theme_id=theme_id)
+        return launch.launch_new_study(theme_id=theme_id, files=files)
+    except study_configs.RowErrors as exc:
+        for index, message in exc.problems.items():
+            submitted[index][0].add_error(None, message)
+    except study_configs.FieldError as exc:
+        if exc.field != "space":
+            form.add_error(exc.field, exc.message)
+        elif exc.row is not None:
+            submitted[exc.row][0].add_error(None, exc.message)
+        else:
+            formset.non_form_errors().append(exc.message)
+    except (launch.LaunchError, ThemeError) as exc:
+        form.add_error(None, exc.one_line())
+    return None
 
 
 @permission_required(LAUNCH_PERMISSION, raise_exception=True)
@@ -107,44 +170,29 @@ def study_new(request):
     presets = _presets()
     form_kwargs = {"themes": themes, "presets": list(presets)}
     if request.method == "POST":
-        form = StudyForm(request.POST, **form_kwargs)
-        if form.is_valid():
-            theme_id = form.cleaned_data["theme"]
-            try:
-                files = study_configs.build(form.config_values(), theme_id=theme_id)
-                study_id = launch.launch_new_study(theme_id=theme_id, files=files)
-            except study_configs.FieldError as exc:
-                form.add_error(exc.field, exc.message)
-            except (launch.LaunchError, ThemeError) as exc:
-                form.add_error(None, exc.one_line())
-            else:
+        if "add_row" in request.POST:
+            form, formset = _with_added_row(request, form_kwargs)
+        else:
+            form = StudyForm(request.POST, **form_kwargs)
+            formset = param_formset(request.POST)
+            study_id = _launch(form, formset)
+            if study_id is not None:
                 messages.success(request, _("Study %(id)s launched.") % {"id": study_id})
                 return redirect("study_detail", study_id=study_id)
-        selected = next((t for t in themes if str(t.id) == form.data.get("theme")), None)
-    else:
-        theme_id = request.GET.get("theme", "")
-        theme = None
-        # 19 digits hold any SQLite id; int() refuses over 4300 of them (a 500).
-        if theme_id.isdigit() and len(theme_id) <= 19:
-            try:
-                theme = selectors.theme_get(theme_id=int(theme_id))
-            except ThemeError:
-                theme = None
-        elif themes:
-            theme = selectors.theme_get(theme_id=themes[0].id)
-        preset = presets.get(request.GET.get("preset", ""), next(iter(presets.values()), None))
-        if preset is None:
-            raise Http404(f"no config folder in {settings.THEMETUNE_CONFIGS_DIR}")
-        try:
-            initial = _initial(theme, preset)
-        except ConfigError as exc:
-            messages.error(request, exc.one_line())
-            initial = {"theme": theme.id if theme else None, "preset": preset.name}
-        form = StudyForm(initial=initial, **form_kwargs)
-        selected = theme
-    return render(request, "web/study_new.html", {
-        "form": form, "themes": themes, "selected_theme": selected,
-        "backend": launch.backend()})
+        selected = next((t for t in themes if str(t.id) == request.POST.get("theme")), None)
+        return _study_new_page(request, form, formset, themes=themes, selected=selected)
+    theme = _theme_from_query(request, themes)
+    preset = presets.get(request.GET.get("preset", ""), next(iter(presets.values()), None))
+    if preset is None:
+        raise Http404(f"no config folder in {settings.THEMETUNE_CONFIGS_DIR}")
+    try:
+        initial = _initial(theme, preset)
+    except ConfigError as exc:
+        messages.error(request, exc.one_line())
+        initial = {"theme": theme.id if theme else None, "preset": preset.name}
+    formset = param_formset(initial=initial.pop("space_rows", []))
+    return _study_new_page(request, StudyForm(initial=initial, **form_kwargs), formset,
+                           themes=themes, selected=theme)
 
 
 @permission_required(CANCEL_PERMISSION, raise_exception=True)
