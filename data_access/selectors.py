@@ -34,6 +34,7 @@ __all__ = [
     "theme_get",
     "theme_get_spec",
     "theme_image_file",
+    "theme_image_ids_by_path",
     "theme_list",
     "theme_not_found",
     "theme_sample_images",
@@ -107,6 +108,8 @@ class StudyInfo:
     run_dir: str = ""
     cancel_requested_at: datetime | None = None
     experiment_path: str = ""   # Tune's experiment, for `launch.py --resume`
+    # tuning.tracking.recording.StudyEvaluation as JSON; None until the study has one.
+    evaluation: dict[str, Any] | None = None
 
     @property
     def is_active(self) -> bool:
@@ -227,6 +230,7 @@ def _study_info(study: TuningStudy) -> StudyInfo:
         run_dir=study.run_dir,
         cancel_requested_at=study.cancel_requested_at,
         experiment_path=study.experiment_path,
+        evaluation=study.evaluation,
     )
 
 
@@ -362,6 +366,20 @@ def theme_image_file(*, theme_id: int, image_id: int) -> str | None:
     if os.path.commonpath([media_root, path]) != media_root:
         return None
     return path
+
+
+def theme_image_ids_by_path(*, theme_id: int, paths: list[str]) -> dict[str, int]:
+    """The ids of the theme's images at these absolute paths (as a ThemeSpec gives
+    them); a path outside MEDIA_ROOT or of no image of this theme is left out."""
+    media_root = os.path.abspath(settings.MEDIA_ROOT)
+    names: dict[str, str] = {}
+    for path in paths:
+        absolute = os.path.abspath(path)
+        if os.path.commonpath([media_root, absolute]) == media_root:
+            names[os.path.relpath(absolute, media_root).replace(os.sep, "/")] = path
+    rows = (ThemeImage.objects.filter(theme_id=theme_id, image__in=list(names))
+            .values_list("image", "id"))
+    return {names[name]: image_id for name, image_id in rows}
 
 
 def study_list(*, limit: int | None = None) -> list[StudyInfo]:

@@ -169,6 +169,39 @@ JA = {
         "テーマ %(theme)s の既定値として保存しました。このテーマの次のスタディはこの値から始まります。",
     "This plot needs at least %(n)s completed trial(s); it appears as soon as they finish.":
         "このグラフには完了した試行が %(n)s 件以上必要です。試行が終わりしだい表示されます。",
+    # The study's held-out evaluation and learning curves
+    "Learning curves": "学習曲線",
+    "Epoch": "エポック",
+    "Trial %(n)s": "試行 %(n)s",
+    "Trial %(n)s (best)": "試行 %(n)s（最良）",
+    "The learning curves appear as soon as a trial reports %(metric)s for an epoch.":
+        "学習曲線は、いずれかの試行がエポックの %(metric)s を報告しだい表示されます。",
+    "Held-out evaluation": "テストでの評価",
+    "The chosen model (trial %(n)s), scored once on the <code>%(split)s</code> split.":
+        "選ばれたモデル（試行 %(n)s）を <code>%(split)s</code> 分割で一度だけ評価した結果です。",
+    "Confusion matrix": "混同行列",
+    "Rows: true class. Columns: predicted class. The shade is the cell's share of its row.":
+        "行が正解クラス、列が予測クラスです。色の濃さは、その行に占めるセルの割合です。",
+    "true ↓ predicted →": "正解 ↓ 予測 →",
+    "Total": "合計",
+    "Per class": "クラス別",
+    "Class": "クラス",
+    "Precision": "適合率",
+    "Recall": "再現率",
+    "Support": "件数",
+    "Misclassified test images": "誤分類されたテスト画像",
+    "Not an image of this theme: not shown.": "このテーマの画像ではないため表示しません。",
+    "true": "正解",
+    "predicted": "予測",
+    "No misclassified test image was recorded.": "誤分類されたテスト画像は記録されていません。",
+    "The recorded evaluation cannot be read: it was written in another shape.":
+        "記録された評価を読み込めません。別の形式で書かれています。",
+    "The confusion matrix, the per-class figures and the misclassified test images appear here when the study has finished, from its best trial's model.":
+        "混同行列、クラス別の指標、誤分類されたテスト画像は、スタディが終わると最良の試行の"
+        "モデルからここに表示されます。",
+    "No held-out evaluation was recorded for this study: it is written when a study ends with a best trial.":
+        "このスタディにはテストでの評価が記録されていません。評価は、最良の試行があるスタディが"
+        "終わったときに書かれます。",
     # Try the model
     "Try the model": "モデルを試す",
     "Label your own images with this theme's champion model, %(uri)s.":

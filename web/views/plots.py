@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import render
-from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET
 
 from data_access import selectors
@@ -35,9 +34,7 @@ def plot_data(request, study_id: int, kind: str):
     try:
         figure = figure_json(plot, study, trials)
     except PlotUnavailable as exc:
-        return JsonResponse({"active": study.is_active, "message": _(
-            "This plot needs at least %(n)s completed trial(s); it appears as soon as "
-            "they finish.") % {"n": exc.args[0]}})
+        return JsonResponse({"active": study.is_active, "message": exc.args[0]})
     # The figure is already JSON (plotly's encoder); wrap it without decoding it.
     body = f'{{"active": {"true" if study.is_active else "false"}, "figure": {figure}}}'
     return HttpResponse(body, content_type="application/json")

@@ -16,7 +16,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from data_access import selectors, services
 from tuning.errors import ConfigError, ThemeError
-from web import best_params, launch, optuna_dashboard, study_configs
+from web import best_params, evidence, launch, optuna_dashboard, study_configs
 from web.forms import (
     StudyForm,
     key_help,
@@ -56,6 +56,10 @@ def study_detail(request, study_id: int):
     context["plot_kinds"] = _plot_links()
     context["resume_command"] = launch.resume_command(study)
     context["optuna_dashboard_url"] = optuna_dashboard.study_url(study)
+    try:
+        context["evidence"] = evidence.study_evidence(study)
+    except evidence.UnreadableEvaluation:
+        context["evidence_unreadable"] = True
     return render(request, "web/study_detail.html", context)
 
 
