@@ -61,6 +61,16 @@ def seconds(text: str) -> float:
     return value
 
 
+def warm_source_names(text: str) -> tuple[str, ...]:
+    """An argparse type: --warm-start's comma-separated sources."""
+    from tuning.warm_start.sources import parse_sources
+
+    try:
+        return parse_sources(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from tuning.config.params import MAX_CONCURRENT_TRIALS, MAX_ID, MAX_TRIALS
 
@@ -89,6 +99,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "experiment folder it printed at start (default: the newest "
                         "unfinished one under ray.storage_path); it runs with the configs, "
                         "theme, storage and MLflow parent run it started with")
+    p.add_argument("--warm-start", type=warm_source_names, metavar="SOURCE[,SOURCE...]",
+                   help="start from earlier trials: champion (the theme's champion's "
+                        "parameters, tried first), study:<id> (a recorded study's finished "
+                        "trials) or theme (every finished study of the theme)")
     p.add_argument("--dry-run", action="store_true",
                    help="validate configs, theme, data and resources; print the search "
                         "space; start neither Ray nor MLflow")
@@ -112,6 +126,78 @@ def check_record(record_id: int | None) -> None:
         from data_access.selectors import study_require
 
         study_require(study_id=record_id)
+
+
+def read_warm_sources(names, config, theme, *, record_id: int | None = None,
+                      resuming: bool = False) -> list:
+    """The --warm-start sources, read from the database and the registry and checked:
+    an unknown study, another theme's or metric's study, or an empty source is refused
+    here, before the dry run ends."""
+    if not names:
+        return []
+    from tuning.errors import ConfigError
+    from tuning.warm_start import sources as warm
+
+    if resuming:
+        raise ConfigError("a resumed study keeps the earlier trials it started from.",
+                          key=warm.OPTION, fix="drop --warm-start when resuming.")
+    found = [_warm_source(name, config, theme, record_id) for name in names]
+    for source in found:
+        warm.check_source(source, theme_id=theme.id, theme_name=theme.name,
+                          metric=config.study.metric, direction=config.study.direction)
+    return found
+
+
+def _warm_source(name: str, config, theme, record_id: int | None):
+    from data_access import selectors
+    from tuning.warm_start import sources as warm
+
+    if name == warm.CHAMPION:
+        return _champion_source(config, theme)
+    if name == warm.THEME:
+        return warm.Source(name, tuple(selectors.warm_start_theme_studies(
+            theme_id=theme.id, exclude_id=record_id)))
+    study = selectors.warm_start_study(study_id=warm.study_id(name))
+    if study is None or study.id == record_id:
+        raise warm.unknown_study(name, selectors.database_description())
+    return warm.Source(name, (study,))
+
+
+def _champion_source(config, theme):
+    from data_access.selectors import warm_start_champion_study
+    from tuning.errors import ConfigError
+    from tuning.tracking import registry
+    from tuning.warm_start import sources as warm
+
+    model = registry.model_name(theme.name)
+    found = registry.champion(
+        tracking_uri=registry.tracking_uri(config.infra.mlflow.tracking_uri), name=model)
+    if found is None:
+        raise ConfigError(f"theme '{theme.name}' has no champion yet ({model} has no "
+                          f"@{registry.CHAMPION} version).", key=warm.OPTION,
+                          fix="drop champion from --warm-start until a study registers one.")
+    study = warm_start_champion_study(model_name=model, version=found.version,
+                                      run_id=found.run_id)
+    if study is None:
+        raise ConfigError(f"champion {model} version {found.version} was registered by no "
+                          f"study of this database: its parameters are unknown here.",
+                          key=warm.OPTION, fix="drop champion, or name the study it came "
+                                               "from as study:<id>.")
+    return warm.Source(warm.CHAMPION, (study,), champion=f"{model} version {found.version}")
+
+
+def attach_warm_start(plan, sources: list) -> None:
+    """What the sources carry into this study's space and theme, said line by line."""
+    if not sources:
+        return
+    from tuning.warm_start.carry import plan_warm_start
+
+    c = plan.config.study
+    plan.warm_start = plan_warm_start(sources, distributions=plan.distributions,
+                                      metric=c.metric, direction=c.direction,
+                                      theme_hash=plan.theme_hash)
+    for line in plan.warm_start.lines():
+        print(line, flush=True)
 
 
 def make_recorder(record_id: int | None):
@@ -192,12 +278,15 @@ def _run(args: argparse.Namespace) -> int:
     check_study_places(config, study_name=study_name, storage_url=storage)
     theme = load_theme(config.theme_id)
     check_record(record_id)   # before anything: the dry run refuses what the run would
+    sources = read_warm_sources(args.warm_start, config, theme, record_id=record_id,
+                                resuming=resume is not None)
     from tuning.study import prepare_study, run_study  # seconds of imports
     # The web UI's cancel, looked for at each phase: its SIGINT may never have arrived.
     watch = _cancel_watch(None if args.dry_run else record_id)
     watch.check()
     plan = prepare_study(config, theme, study_name=study_name, storage_url=storage,
                          dry_run=args.dry_run)
+    attach_warm_start(plan, sources)
     watch.check()
     if args.dry_run:
         print_dry_run(plan)

@@ -8,6 +8,7 @@ half-written. run_study() then owns the parent run from creation to its final st
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,8 @@ from tuning.tracking.ledger import StudyLedger
 from tuning.tracking.progress import ProgressDisplay
 from tuning.tracking.recording import NullRecorder, StudyEnd, StudyRecorder, StudyStart
 from tuning.trial.pretrained import load_study_weights
+from tuning.warm_start import carry
+from tuning.warm_start.carry import WarmStart
 
 
 @dataclass
@@ -58,6 +61,8 @@ class StudyPlan:
     theme_hash: str = ""   # tuning.data.keys.theme_content_hash
     # ImageNet state dicts by architecture, for the trials that start pretrained
     imagenet_states: dict[str, Any] = field(default_factory=dict)
+    # What --warm-start carries over (launch.attach_warm_start); None for a cold start.
+    warm_start: WarmStart | None = None
 
 
 @dataclass
@@ -164,6 +169,7 @@ def prepare_study(config: StudyConfig, theme: ThemeSpec, *, study_name: str | No
 
 SELECTION_TAG = "themetune.selection_split"
 THEME_HASH_TAG = "themetune.theme_content_hash"
+WARM_START_TAG = "themetune.warm_start"   # JSON: StudyStart.warm_start
 
 
 def _say_if_test_split_selects(config: StudyConfig) -> None:
@@ -382,6 +388,10 @@ def _record_start(run: _StudyRun, ray_job_id: str | None) -> None:
         runs.log_params(client, parent_id, _parent_params(plan))
         runs.set_tags(client, parent_id, {SELECTION_TAG: selection_split(config.study.metric),
                                           THEME_HASH_TAG: plan.theme_hash})
+        if plan.warm_start is not None:
+            runs.log_params(client, parent_id, {"warm_start": plan.warm_start.names()})
+            runs.set_tags(client, parent_id,
+                          {WARM_START_TAG: json.dumps(plan.warm_start.records())})
         for path in vars(config.files).values():
             runs.log_file(client, parent_id, Path(path), "configs")
         runs.log_yaml(client, parent_id, config.resolved(), "configs/resolved.yaml")
@@ -395,16 +405,32 @@ def _record_start(run: _StudyRun, ray_job_id: str | None) -> None:
         mlflow_experiment_id=run.study_runs.experiment_id, mlflow_parent_run_id=parent_id,
         resolved_config=config.resolved(), param_space=describe(config.space),
         ray_job_id=ray_job_id, experiment_path=run.experiment_path,
-        theme_content_hash=plan.theme_hash))
+        theme_content_hash=plan.theme_hash, warm_start=_warm_start_record(run)))
+
+
+def _warm_start_record(run: _StudyRun) -> list[dict[str, Any]] | None:
+    """The sources, as the study started with them; a resumed one reads them back from
+    its parent run, so that its record keeps them."""
+    if run.plan.warm_start is not None:
+        return run.plan.warm_start.records()
+    if run.resume is None:
+        return None
+    tags = run.study_runs.client.get_run(run.study_runs.parent_run_id).data.tags
+    return json.loads(tags[WARM_START_TAG]) if WARM_START_TAG in tags else None
 
 
 def _searcher(plan: StudyPlan, parent_run_id: str) -> StudySearch:
     config = plan.config
-    return StudySearch(
+    searcher = StudySearch(
         space=plan.distributions, metric=config.study.metric,
         mode="max" if config.study.direction == "maximize" else "min",
         sampler=optuna.samplers.TPESampler(seed=config.sampler_seed),
         study_name=plan.study_name, storage=plan.storage, origin=parent_run_id)
+    if plan.warm_start is not None:
+        # Given before Tune asks for a trial; once per Optuna study (carry.FROM_ATTR), and
+        # a resumed driver's restored searcher replaces this in-memory study anyway.
+        carry.give(searcher.study, plan.warm_start, plan.distributions)
+    return searcher
 
 
 def _callback(run: _StudyRun, searcher: StudySearch, models, progress: ProgressDisplay):
