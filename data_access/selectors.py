@@ -15,7 +15,8 @@ from data_access.models import Theme, ThemeImage, TuningParamConfig, TuningStudy
 from tuning.data.theme import Sample, ThemeSpec
 from tuning.errors import StudyNotFoundError, ThemeError
 from tuning.redact import redact_text
-from tuning.states import ACTIVE_STATUSES
+from tuning.states import ACTIVE_STATUSES, StudyStatus, TrialState
+from tuning.warm_start.sources import PriorStudy, PriorTrial
 
 __all__ = [
     "ParamConfigInfo",
@@ -39,6 +40,9 @@ __all__ = [
     "theme_not_found",
     "theme_sample_images",
     "trial_list",
+    "warm_start_champion_study",
+    "warm_start_study",
+    "warm_start_theme_studies",
 ]
 
 THEME_LIST_FIX = (
@@ -289,6 +293,51 @@ def trial_list(*, study_id: int) -> list[TrialInfo]:
         for t in TuningTrial.objects.filter(study_id=study_id).order_by("number")
     ]
 
+
+def _prior_study(study: TuningStudy) -> PriorStudy:
+    rows = (TuningTrial.objects.filter(study_id=study.id, state=TrialState.COMPLETE,
+                                       value__isnull=False)
+            .order_by("number").values_list("number", "params", "value"))
+    return PriorStudy(id=study.id, theme_id=study.theme_id, metric=study.metric,
+                      direction=study.direction, theme_content_hash=study.theme_content_hash,
+                      trials=tuple(PriorTrial(number=n, params=p or {}, value=v)
+                                   for n, p, v in rows),
+                      best_trial_number=study.best_trial_number)
+
+
+def warm_start_study(*, study_id: int) -> PriorStudy | None:
+    """A recorded study's finished trials, for `launch.py --warm-start study:<id>`."""
+    with database_errors_as_user_errors():
+        study = TuningStudy.objects.filter(pk=study_id).first()
+        return _prior_study(study) if study is not None else None
+
+
+def warm_start_theme_studies(*, theme_id: int, exclude_id: int | None = None
+                             ) -> list[PriorStudy]:
+    """Every completed study of the theme, oldest first (`--warm-start theme`)."""
+    with database_errors_as_user_errors():
+        studies = (TuningStudy.objects.filter(theme_id=theme_id, status=StudyStatus.COMPLETED)
+                   .exclude(pk=exclude_id).order_by("id"))
+        return [_prior_study(s) for s in studies]
+
+
+def warm_start_champion_study(*, model_name: str, version: str, run_id: str
+                              ) -> PriorStudy | None:
+    """The study that registered a model version (the champion), with only its best
+    trial; matched by the recorded version, else by the MLflow run the version came from."""
+    with database_errors_as_user_errors():
+        study = (TuningStudy.objects.filter(registered_model=model_name,
+                                            registered_version=version).order_by("-id").first()
+                 or (TuningStudy.objects.filter(mlflow_parent_run_id=run_id).order_by("-id")
+                     .first() if run_id else None))
+        if study is None or study.best_params is None or study.best_value is None:
+            return None
+        best = PriorTrial(number=study.best_trial_number or 0, params=study.best_params,
+                          value=study.best_value)
+        return PriorStudy(id=study.id, theme_id=study.theme_id, metric=study.metric,
+                          direction=study.direction,
+                          theme_content_hash=study.theme_content_hash, trials=(best,),
+                          best_trial_number=study.best_trial_number)
 
 
 def theme_find_id(*, name: str) -> int | None:
