@@ -9,6 +9,9 @@ run and Ray trial ids, so that optuna-dashboard reads a study as MLflow does.
 
 from __future__ import annotations
 
+import datetime as dt
+import os
+import warnings
 from typing import Any, Callable
 
 import optuna
@@ -21,7 +24,14 @@ from tuning.config.params import epoch_metric_for, is_final_result
 from tuning.errors import StorageError
 from tuning.numbers import is_finite_number
 from tuning.redact import redact_text
-from tuning.storage import absolute_url, check_storage_url, journal_path
+from tuning.storage import (
+    absolute_url,
+    check_storage_url,
+    experiment_folder_name,
+    is_remote_storage,
+    journal_path,
+    local_storage_path,
+)
 
 # Set on each Optuna trial this searcher asks for: after a driver crash, the RUNNING
 # trials carrying this study's parent run id, but unknown to the restored searcher,
@@ -31,6 +41,11 @@ ORIGIN_ATTR = "themetune.parent_run_id"
 # as the child run's tags), for a reader of the study in optuna-dashboard.
 MLFLOW_RUN_ATTR = "mlflow.run_id"
 RAY_TRIAL_ATTR = "ray.trial_id"
+# Study user attributes (describe_study): optuna-dashboard has no label for intermediate
+# values, so the study says what they are.
+INTERMEDIATE_ATTR = "intermediate_values"
+# The folder under ray.storage_path of the journal files of studies without --storage.
+JOURNAL_FOLDER = "themetune_optuna"
 
 
 class StudySearch(OptunaSearch):
@@ -43,6 +58,17 @@ class StudySearch(OptunaSearch):
         # trial id -> epochs reported to Optuna: a retried or resumed trial re-runs the
         # epochs after its checkpoint, and Optuna keeps a step's first value (and warns).
         self.reported_steps: dict[str, set[int]] = {}
+
+    def describe_study(self, attrs: dict[str, Any]) -> None:
+        """What optuna-dashboard shows of the study: the metric's name instead of
+        "Objective 0", what an intermediate value is, and `attrs` (theme, MLflow run)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._ot_study.set_metric_names([self.metric])
+        attrs = {INTERMEDIATE_ATTR: f"{epoch_metric_for(self.metric)} after each epoch "
+                                    f"(step = epoch)", **attrs}
+        for key, value in attrs.items():
+            self._ot_study.set_user_attr(key, value)
 
     def suggest(self, trial_id: str) -> dict | None:
         new = trial_id not in self._ot_trials
@@ -148,6 +174,38 @@ class StudySearch(OptunaSearch):
     @property
     def study(self) -> optuna.Study:
         return self._ot_study
+
+
+def study_storage(url: str | None, *, storage_path: str, study_name: str, create: bool
+                  ) -> tuple[str | None, optuna.storages.BaseStorage | None]:
+    """A study's Optuna storage: --storage when given, else a journal file of its own
+    (default_journal_url), so that every study can be read in optuna-dashboard and
+    resumed with its per-epoch values. Returns (URL, storage); a dry run makes nothing."""
+    if url is None:
+        url = default_journal_url(storage_path, study_name, create=create)
+        if url is not None and not create:
+            return url, None   # its folder is made by the run; a dry run makes nothing
+    return url, open_storage(url, create=create)
+
+
+def default_journal_url(storage_path: str, study_name: str, *, create: bool) -> str | None:
+    """`journal:<ray.storage_path>/themetune_optuna/<study>-<time>-<pid>.journal`: one
+    Optuna study per launch, as the in-memory default was (a reused study name shares a
+    study only through --storage), kept beside the study's Tune experiments. None (in
+    memory) for remote storage, where Optuna's journal file cannot live."""
+    if is_remote_storage(storage_path):
+        return None
+    folder = local_storage_path(storage_path) / JOURNAL_FOLDER
+    if create:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot make the Optuna journal folder {folder}: "
+                               f"{exc.strerror or exc}.", key="ray.storage_path",
+                               fix="use a writable ray.storage_path, or pass --storage."
+                               ) from None
+    stamp = f"{dt.datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}"
+    return f"journal:{folder / experiment_folder_name(study_name, stamp)}.journal"
 
 
 def open_storage(url: str | None, *, create: bool = True

@@ -8,6 +8,7 @@ here, tagged with mlflow.parentRunId. A retried trial keeps its child run.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -15,9 +16,9 @@ from typing import Any, Callable
 
 from ray import tune
 from ray.air._internal.json import SafeFallbackEncoder
-from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-from tuning.config.params import EPOCH_METRICS, REPORTED_METRICS, is_final_result
+from tuning.config.params import EPOCH_METRICS, is_final_result
 from tuning.optuna_adapter import MLFLOW_RUN_ATTR
 from tuning.tracking import output, runs
 from tuning.tracking.ledger import (
@@ -36,6 +37,8 @@ from tuning.tracking.recording import StudyRecorder, TrialEnd, TrialResult, Tria
 log = output.log
 
 MLFLOW_STATUS = {COMPLETE: "FINISHED", PRUNED: "KILLED", FAIL: "FAILED", KILLED: "KILLED"}
+# Tune adds no CSV, JSON or TensorBoard logger of its own (tune/utils/callback.py).
+NO_AUTO_LOGGERS_ENV = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
 END_REASON = "themetune.end_reason"
 RETRIES = "themetune.retries"
 RETRY_REASON = "themetune.retry_reason"   # one tag per retry: themetune.retry_reason_1, ...
@@ -82,7 +85,7 @@ class StudyCallback(tune.Callback):
                              number=self.trial_number(trial.trial_id),
                              params=dict(trial.config))
         record.child_run_id = runs.create_child_run(
-            self.mlflow, name=f"trial_{record.number}",
+            self.mlflow, name=runs.trial_model_name(record.number),
             tags={"ray.trial_id": trial.trial_id, "optuna.trial_number": str(record.number)})
         if self.searcher is not None:  # optuna-dashboard's way to the trial's MLflow run
             self.searcher.tag_trial(trial.trial_id, {MLFLOW_RUN_ATTR: record.child_run_id})
@@ -106,8 +109,8 @@ class StudyCallback(tune.Callback):
         if record is None or record.state in FINAL_STATES:
             return
         record.last_result = result
-        epoch = int(result.get("epoch", result.get("training_iteration", 0)))
-        metrics = {k: result[k] for k in REPORTED_METRICS if k in result}
+        # Read as the trial's logged model links them later (runs.link_model_metrics).
+        metrics, epoch, timestamp_ms = runs.result_metrics(result)
         self.ledger.metrics_seen.update(metrics)
         client = self.mlflow.client
         tags = {}
@@ -132,7 +135,7 @@ class StudyCallback(tune.Callback):
         if epoch not in record.epochs_logged:
             record.epochs_logged.add(epoch)
             runs.log_metrics(client, record.child_run_id, metrics, step=epoch,
-                             timestamp_ms=int(result.get("timestamp", time.time()) * 1000))
+                             timestamp_ms=timestamp_ms)
             self.recorder.trial_result(TrialResult(number=record.number, epoch=epoch,
                                                    metrics=metrics, node=record.node_id))
         self.progress.update(self.ledger)
@@ -278,8 +281,14 @@ def file_loggers() -> list:
     the storage at every experiment snapshot, and checkpoint.num_to_keep forces one per
     trial checkpoint: a cost per trial that grew with the trials done. MLflow and the DB
     keep the metrics; only params.json, which a resume reads, is still written, once per
-    trial and straight to the storage."""
-    return [_ParamsFile(), _NoCsvFile(), _NoEventFile()]
+    trial and straight to the storage.
+
+    TensorBoard's is turned off by Tune's own switch instead of a stand-in: Tune prints
+    "To visualize your results with TensorBoard, run ..." whenever a logger of that kind
+    is given, for event files nobody writes. The switch is read when the Tuner runs, in
+    this driver process only."""
+    os.environ[NO_AUTO_LOGGERS_ENV] = "1"
+    return [_ParamsFile(), _NoCsvFile()]
 
 
 class _WritesNothing:
@@ -308,11 +317,6 @@ class _ParamsFile(_WritesNothing, JsonLoggerCallback):
 
 class _NoCsvFile(_WritesNothing, CSVLoggerCallback):
     pass
-
-
-class _NoEventFile(_WritesNothing, TBXLoggerCallback):
-    def __init__(self):
-        pass  # theirs imports tensorboardX
 
 
 def _error_reason(trial) -> str:

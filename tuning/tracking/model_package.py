@@ -34,6 +34,8 @@ from tuning.tracking import retrying
 CODE_PATH = str(Path(theme_classifier.__file__).resolve().parent)
 NETWORK_FILE = "network.pt"
 METADATA_FILE = "classifier.json"
+# The tag MLflow's UI shows and edits as a run's or a logged model's description.
+NOTE_TAG = "mlflow.note.content"
 # What the shipped code imports, and MLflow to load it.
 REQUIRED_PACKAGES = ("torch", "torchvision", "numpy", "pillow", "pandas", "mlflow")
 
@@ -79,16 +81,25 @@ def input_example(image_path: str, preprocessing: Preprocessing) -> pd.DataFrame
 
 def log_classifier(run_id: str, *, name: str, network_state: dict, architecture: str,
                    class_names: tuple[str, ...], preprocessing: Preprocessing,
-                   example_image: str) -> str:
-    """Log the pyfunc model into a run; returns the model URI to register."""
+                   example_image: str, params: dict | None = None,
+                   note: str | None = None) -> str:
+    """Log the pyfunc model into a run; returns the model URI to register. `params` and
+    `note` (the description MLflow's UI shows) go on the logged model itself, so that
+    MLflow 3's Models tab tells one model from another; MLflow adds the run's params."""
     return retrying.call(_log_classifier, run_id, name=name, network_state=network_state,
-                            architecture=architecture, class_names=class_names,
-                            preprocessing=preprocessing, example_image=example_image)
+                         architecture=architecture, class_names=class_names,
+                         preprocessing=preprocessing, example_image=example_image,
+                         params=params, note=note)
+
+
+def model_id_of(model_uri: str) -> str:
+    """The logged model's id in a `models:/<id>` URI (what log_classifier returns)."""
+    return model_uri.removeprefix("models:/")
 
 
 def _log_classifier(run_id: str, *, name: str, network_state: dict, architecture: str,
                     class_names: tuple[str, ...], preprocessing: Preprocessing,
-                    example_image: str) -> str:
+                    example_image: str, params: dict | None, note: str | None) -> str:
     import mlflow
     import mlflow.pyfunc
 
@@ -108,7 +119,9 @@ def _log_classifier(run_id: str, *, name: str, network_state: dict, architecture
                            METADATA_ARTIFACT: str(metadata_file)},
                 code_paths=[CODE_PATH], signature=signature(class_names),
                 input_example=input_example(example_image, preprocessing),
-                pip_requirements=pinned_requirements())
+                pip_requirements=pinned_requirements(),
+                params={"architecture": architecture, **(params or {})},
+                tags={NOTE_TAG: note} if note else None)
     return info.model_uri
 
 

@@ -42,8 +42,22 @@ class ModelLogger:
         uri = model_package.log_classifier(
             run_id, name=name, network_state=network, architecture=params.model.name,
             class_names=self.plan.theme.class_names, preprocessing=preprocessing,
-            example_image=self._example_image())
+            example_image=self._example_image(),
+            params={"trial_number": record.number, **record.params},
+            note=self._note(record, name, preprocessing))
+        # Its metric columns in the Models tab: the trial's last result, linked from the
+        # trial's own run (the parent's copy too: they are that trial's figures).
+        runs.link_model_metrics(retrying.client(), record.child_run_id,
+                                model_package.model_id_of(uri), record.last_result)
         return uri, preprocessing
+
+    def _note(self, record: TrialRecord, name: str, preprocessing: Preprocessing) -> str:
+        plan = self.plan
+        what = ("The best trial's model, copied to the study's parent run"
+                if name == runs.BEST_MODEL_ARTIFACT else "A trial's model")
+        return (f"{what}: trial {record.number} of study '{plan.study_name}' on theme "
+                f"'{plan.theme.name}', {plan.config.study.metric} = {record.value}. "
+                + model_package.description(plan.theme.class_names, preprocessing))
 
     def _example_image(self) -> str:
         data = self.plan.data
@@ -55,7 +69,7 @@ class ModelLogger:
         if record.checkpoint_path is None or record.model_uri is not None:
             return
         record.model_uri, _ = self._log(record.child_run_id, record,
-                                        name=runs.MODEL_ARTIFACT)
+                                        name=runs.trial_model_name(record.number))
         params = self.plan.config.trial_params(record.params)
         runs.log_yaml(retrying.client(), record.child_run_id, params.model_dump(),
                              "trial_config.yaml")

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from tuning.config.params import REPORTED_METRICS
 from tuning.errors import ResumeError
 from tuning.numbers import is_finite_number
 from tuning.redact import redact_text
@@ -28,8 +30,12 @@ from tuning.tracking import retrying
 from tuning.tracking.retrying import RetryingClient
 
 PARENT_TAG = "mlflow.parentRunId"
-MODEL_ARTIFACT = "model"
 BEST_MODEL_ARTIFACT = "best_model"
+# The experiment tag MLflow 3's UI reads to choose an experiment's view; without it an
+# experiment opens on the GenAI overview. The value is the UI's CUSTOM_MODEL_DEVELOPMENT
+# kind (mlflow/server/js: "custom_model_development"), its model-training view.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_KIND = "custom_model_development"
 # MLflow caps a param value at 6000 characters; longer ones fail the whole batch.
 MAX_PARAM_LEN = 6000
 BATCH_LIMIT = 100
@@ -60,6 +66,16 @@ class MlflowStudy:
     client: RetryingClient
     experiment_id: str
     parent_run_id: str
+    # The theme's split datasets (tracking.datasets), linked to the parent and each child.
+    datasets: list = field(default_factory=list)
+
+
+def use_datasets(study: MlflowStudy, inputs: list) -> None:
+    """Link the study's datasets to its parent run, and to each child run made after.
+    Linking a run to a dataset it has is a no-op in MLflow: a resume may do it again."""
+    study.datasets = list(inputs)
+    if inputs:
+        study.client.log_inputs(study.parent_run_id, datasets=study.datasets)
 
 
 def open_study_runs(*, tracking_uri: str, experiment_name: str, run_name: str,
@@ -76,6 +92,9 @@ def open_study_runs(*, tracking_uri: str, experiment_name: str, run_name: str,
         experiment_id = experiment.experiment_id
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment_id)
+    if experiment is None or EXPERIMENT_KIND_TAG not in experiment.tags:
+        # A kind someone chose in the UI stays as they chose it.
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
     parent = client.create_run(experiment_id, run_name=run_name, tags=tags)
     return MlflowStudy(client, experiment_id, parent.info.run_id)
 
@@ -99,10 +118,23 @@ def reopen_study_runs(*, tracking_uri: str, experiment_id: str, parent_run_id: s
     return MlflowStudy(client, experiment_id, parent_run_id)
 
 
+def study_links(study: MlflowStudy) -> dict[str, str]:
+    """Where a study's runs are, for a reader of its Optuna study (optuna-dashboard): a
+    link to the parent run for a tracking server, the store and the UI's path otherwise."""
+    uri = redact_text(mlflow.get_tracking_uri())
+    path = f"#/experiments/{study.experiment_id}/runs/{study.parent_run_id}"
+    web = uri.startswith(("http://", "https://"))
+    return {"mlflow.parent_run_id": study.parent_run_id,
+            "mlflow.experiment_id": study.experiment_id,
+            "mlflow.link": f"{uri.rstrip('/')}/{path}" if web else f"{uri} {path}"}
+
+
 def create_child_run(study: MlflowStudy, *, name: str, tags: dict[str, str]) -> str:
     """A child run of the study's parent run; returns its id."""
     run = study.client.create_run(study.experiment_id, run_name=name,
                                   tags={PARENT_TAG: study.parent_run_id, **tags})
+    if study.datasets:
+        study.client.log_inputs(run.info.run_id, datasets=study.datasets)
     return run.info.run_id
 
 
@@ -156,11 +188,35 @@ def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> Non
 
 
 def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], *, step: int,
-                timestamp_ms: int) -> None:
-    items = [Metric(k, float(v), timestamp_ms, step) for k, v in metrics.items()
-             if is_finite_number(v)]
+                timestamp_ms: int, model_id: str | None = None) -> None:
+    items = [Metric(k, float(v), timestamp_ms, step, model_id=model_id)
+             for k, v in metrics.items() if is_finite_number(v)]
     if items:
         client.log_batch(run_id, metrics=items)
+
+
+def trial_model_name(number: int) -> str:
+    """A trial's logged model, named as its child run: what MLflow 3's Models tab lists."""
+    return f"trial_{number}"
+
+
+def result_metrics(result: dict) -> tuple[dict[str, float], int, int]:
+    """A Tune result as its child run logs it: (metrics, step = epoch, timestamp in ms)."""
+    epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+    metrics = {k: result[k] for k in REPORTED_METRICS if k in result}
+    return metrics, epoch, int(result.get("timestamp", time.time()) * 1000)
+
+
+def link_model_metrics(client: MlflowClient, run_id: str, model_id: str,
+                       result: dict | None) -> None:
+    """A trial's last result, linked to a logged model (its metric columns in the Models
+    tab). Logged again to the trial's run exactly as it was (same step, timestamp and
+    value), which MLflow keeps once: the run's history gains no point."""
+    if not result:
+        return
+    metrics, step, timestamp_ms = result_metrics(result)
+    log_metrics(client, run_id, metrics, step=step, timestamp_ms=timestamp_ms,
+                model_id=model_id)
 
 
 def set_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:

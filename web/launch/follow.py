@@ -11,6 +11,7 @@ read, so that no GET, nor a row edited to name another pid, signals a process.
 from __future__ import annotations
 
 import os
+import re
 import signal
 from datetime import timedelta
 from pathlib import Path
@@ -27,6 +28,9 @@ from web.launch import local, ray_jobs
 from web.launch.start import LOG_NAME
 
 _TAIL_BYTES = 64 * 1024
+# CSI sequences (colours, cursor moves: ESC [ ... final byte) and OSC ones (titles,
+# links: ESC ] ... BEL or ESC \), then any other two-character escape.
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
 
 
 def cancel_study(*, study_id: int) -> bool:
@@ -142,6 +146,19 @@ def _refresh_ray_job(study: StudyInfo) -> bool:
 
 
 def log_tail(study: StudyInfo, max_bytes: int = _TAIL_BYTES) -> str:
+    """The end of the study's output, as a person reads it (readable_log)."""
+    return readable_log(_raw_tail(study, max_bytes))
+
+
+def readable_log(text: str) -> str:
+    """A terminal's output as plain text: no colour or cursor escapes (Ray's and
+    tqdm's), and of a line that a progress bar redrew with carriage returns, only what
+    was left showing."""
+    text = _ANSI_ESCAPE.sub("", text).replace("\r\n", "\n")
+    return "\n".join(line.rsplit("\r", 1)[-1] for line in text.split("\n"))
+
+
+def _raw_tail(study: StudyInfo, max_bytes: int) -> str:
     """The end of the study's output: the local log file, or the Ray job's logs."""
     if study.launcher == TuningStudy.Launcher.RAY_JOB and study.ray_job_id:
         try:

@@ -146,6 +146,10 @@ def _driver_env() -> dict[str, str]:
         # completed; without it, SIGINT reaches launch.py as KeyboardInterrupt.
         "TUNE_DISABLE_SIGINT_HANDLER": "1",
         "PYTHONUNBUFFERED": "1",
+        # MLflow's artifact download bars are a third of a driver's log otherwise (the
+        # driver sets this default too; a Ray job's env states it for its own processes).
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": os.environ.get(
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"),
     }
     url = child_database_url()
     if url:
