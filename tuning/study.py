@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,10 +40,10 @@ from tuning.optuna_adapter import StudySearch, check_existing_study, open_storag
 from tuning.recovery import lease
 from tuning.recovery import resume as resume_files
 from tuning.recovery.interrupts import PHASE_RAY_STARTED, PHASE_STUDY_STARTED, StopRequest, StudyInterrupted
-from tuning.tracking import names, output, registry, retrying, runs
+from tuning.tracking import evidence, names, output, registry, retrying, runs
 from tuning.tracking.ledger import StudyLedger
 from tuning.tracking.progress import ProgressDisplay
-from tuning.tracking.recording import NullRecorder, StudyEnd, StudyRecorder, StudyStart
+from tuning.tracking.recording import NullRecorder, StudyEnd, StudyEvaluation, StudyRecorder, StudyStart
 from tuning.trial.pretrained import load_study_weights
 from tuning.warm_start import carry
 from tuning.warm_start.carry import WarmStart
@@ -612,7 +613,8 @@ def _finish_study(plan: StudyPlan, study_runs: runs.MlflowStudy, ledger: StudyLe
             f"{counts['KILLED']} killed); first error: {errors[0] if errors else 'none'}.",
             fix="see the child runs' themetune.end_reason tags and `ray` logs.")
 
-    registration = _register(plan, best, models, parent_id, study_runs)
+    evaluation = _evaluate_best(plan, best, study_runs, recorder)
+    registration = _register(plan, best, models, parent_id, study_runs, evaluation)
     model_name, version = registration.model_name, registration.version
     runs.log_metric(client, parent_id, "best_value", best.value)
     runs.log_params(client, parent_id, {f"best.{k}": v for k, v in best.params.items()})
@@ -634,18 +636,64 @@ def _finish_study(plan: StudyPlan, study_runs: runs.MlflowStudy, ledger: StudyLe
                         registration=registration)
 
 
-def _register(plan: StudyPlan, best, models, parent_id: str,
-              study_runs: runs.MlflowStudy) -> registry.Registration:
-    """Log the best model to the parent run, register it, and decide the champion."""
+def _evaluate_best(plan: StudyPlan, best, study_runs: runs.MlflowStudy,
+                   recorder: StudyRecorder) -> StudyEvaluation | None:
+    """The best trial's checkpoint scored once on the test split (tuning.evaluation.
+    held_out), logged to the parent run and told to the recorder. A failure costs the
+    study its evidence, not its model: it is said, and None returned."""
+    from tuning.evaluation.held_out import evaluate_best, read_checkpoint  # torch
+
+    if best.checkpoint_path is None:
+        output.warn(f"trial {best.number} saved no checkpoint: no held-out evaluation.")
+        return None
+    started = time.monotonic()
+    try:
+        checkpoint = read_checkpoint(plan.config.infra.ray.storage_path, best.checkpoint_path)
+        evaluation = evaluate_best(
+            plan.data, plan.theme, trial_number=best.number, checkpoint=checkpoint,
+            architecture=plan.config.trial_params(best.params).model.name)
+    except Exception as exc:   # the study's model is still registered without it
+        output.warn(f"held-out evaluation of trial {best.number} failed "
+                    f"({type(exc).__name__}: {str(exc)[:300]}); the model is registered "
+                    f"without test figures.")
+        return None
+    figures = ", ".join(f"{k} {v:.4f}" for k, v in evaluation.metrics.items())
+    images = sum(map(sum, evaluation.confusion))
+    output.say(f"held-out evaluation of trial {best.number} on the test split ({images} "
+               f"images, {time.monotonic() - started:.1f} s): {figures}")
+    evidence.log_evaluation(study_runs.client, study_runs.parent_run_id, evaluation,
+                            timestamp_ms=int(time.time() * 1000))
+    recorder.study_evaluated(evaluation)
+    return evaluation
+
+
+def _register(plan: StudyPlan, best, models, parent_id: str, study_runs: runs.MlflowStudy,
+              evaluation: StudyEvaluation | None) -> registry.Registration:
+    """Log the best model to the parent run, register it, and decide the champion: a
+    champion trained on other theme content is first rescored on this study's images."""
     from tuning.tracking.model_package import description
 
     config = plan.config
+    name = registry.model_name(plan.theme.name)
     best_uri, preprocessing = models.log_best(best, parent_run_id=parent_id)
-    return registry.register_best(
-        study_runs.client, model_uri=best_uri, model_name=registry.model_name(plan.theme.name),
+
+    def rescore(version):
+        from tuning.evaluation.rescoring import score_champion  # torch and MLflow's pyfunc
+
+        return score_champion(f"models:/{name}/{version.version}",
+                              tracking_uri=study_runs.client.tracking_uri,
+                              metric=config.study.metric, data=plan.data, theme=plan.theme)
+
+    registration = registry.register_best(
+        study_runs.client, model_uri=best_uri, model_name=name,
         tags={"parent_run_id": parent_id, "best_run_id": best.child_run_id,
               "themetune.study_name": plan.study_name,
               "themetune.theme_id": str(plan.theme.id),
               "themetune.theme_name": plan.theme.name},
         description=description(plan.theme.class_names, preprocessing),
-        metric=config.study.metric, direction=config.study.direction, value=best.value)
+        metric=config.study.metric, direction=config.study.direction, value=best.value,
+        theme_hash=plan.theme_hash, test_metrics=evaluation.metrics if evaluation else None,
+        rescore=rescore)
+    for line in registration.comparison:
+        output.say(line)
+    return registration

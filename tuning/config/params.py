@@ -15,12 +15,18 @@ MODEL_NAMES = ("ResNet18", "ResNet50", "ResNet101")
 OPTIMIZERS = ("Adam", "SGD", "AdamW")
 
 # What the trainable reports. A study metric outside this set can never be read.
-EPOCH_METRICS = ("train_loss", "train_acc", "valid_loss", "valid_acc")
+# valid_balanced_acc (the mean recall over classes) and valid_macro_f1 (the mean F1 over
+# classes) weigh every class alike: on an unbalanced theme, accuracy rewards a model that
+# ignores its small classes. Computed from the same predictions as valid_acc.
+EPOCH_METRICS = ("train_loss", "train_acc", "valid_loss", "valid_acc",
+                 "valid_balanced_acc", "valid_macro_f1")
+# In every last report: is_final_result looks for these.
 FINAL_METRICS = ("test_loss", "test_acc")
+BALANCED_TEST_METRICS = ("test_balanced_acc", "test_macro_f1")
 # Accuracy per source image: on patches, the mean of its patches' probabilities, as the
 # shipped model answers; without patches it equals test_acc.
 IMAGE_METRICS = ("test_image_acc",)
-REPORTED_METRICS = EPOCH_METRICS + FINAL_METRICS + IMAGE_METRICS
+REPORTED_METRICS = EPOCH_METRICS + FINAL_METRICS + BALANCED_TEST_METRICS + IMAGE_METRICS
 # The study selects on validation unless told otherwise: a test figure that chose the
 # model is no longer a held-out estimate of it.
 DEFAULT_METRIC = "valid_acc"
@@ -51,10 +57,14 @@ MAX_COUNT = 1_000_000                       # any other count (checkpoints, fail
 
 def epoch_metric_for(metric: str) -> str:
     """The per-epoch validation metric that follows a study metric (test_acc -> valid_acc,
-    test_loss -> valid_loss): each epoch reports it to Optuna as an intermediate value.
-    Validation, whatever the study metric: test metrics exist only after the last epoch,
-    and a training metric says little about how a trial does on unseen data."""
-    return "valid_loss" if metric.endswith("_loss") else "valid_acc"
+    test_loss -> valid_loss, test_macro_f1 -> valid_macro_f1): each epoch reports it to
+    Optuna as an intermediate value. Validation, whatever the study metric: test metrics
+    exist only after the last epoch, and a training metric says little about how a trial
+    does on unseen data."""
+    for kind in ("balanced_acc", "macro_f1", "loss"):
+        if metric.endswith(f"_{kind}"):
+            return f"valid_{kind}"
+    return "valid_acc"
 
 
 def is_final_result(result: dict) -> bool:

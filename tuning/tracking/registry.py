@@ -16,7 +16,7 @@ import os
 import re
 import sqlite3
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
@@ -32,6 +32,14 @@ CHAMPION = "champion"
 # Version tags that say what a version's value means, so that a later study only moves
 # the alias when its value beats the champion's on the same metric and direction.
 METRIC_TAG, DIRECTION_TAG, VALUE_TAG = "themetune.metric", "themetune.direction", "themetune.value"
+# The same choice under the names a reader looks for (the web and docs/choosing-a-model.md),
+# and the theme content it was measured on (tuning.data.keys.theme_content_hash): a
+# champion of other content is rescored before it is compared (register_best).
+SELECTION_METRIC_TAG, SELECTION_VALUE_TAG = "themetune.selection_metric", "themetune.selection_value"
+THEME_HASH_TAG = "themetune.theme_content_hash"
+# The chosen model's held-out figures (tuning.evaluation.held_out), one tag each.
+TEST_METRIC_TAGS = {name: f"themetune.{name}"
+                    for name in ("test_acc", "test_balanced_acc", "test_macro_f1")}
 
 
 # ---------------------------------------------------------------- which store, which model
@@ -260,33 +268,60 @@ class Registration:
     champion_version: str        # the version the alias points at after this study
     moved: bool                  # True when this study's version became the champion
     reason: str                  # why the alias moved or stayed, for the study's output
+    # Which comparison was made, then both values: one line each, for the output.
+    comparison: list[str] = field(default_factory=list)
+
+
+def version_tags(*, metric: str, direction: str, value: float, theme_hash: str | None,
+                 test_metrics: dict[str, float] | None) -> dict[str, str]:
+    """What a registered version says about how it was chosen and how good it is."""
+    tags = {METRIC_TAG: metric, DIRECTION_TAG: direction, VALUE_TAG: repr(float(value)),
+            SELECTION_METRIC_TAG: metric, SELECTION_VALUE_TAG: repr(float(value))}
+    if theme_hash:
+        tags[THEME_HASH_TAG] = theme_hash
+    for name, figure in (test_metrics or {}).items():
+        if name in TEST_METRIC_TAGS:
+            tags[TEST_METRIC_TAGS[name]] = repr(float(figure))
+    return tags
 
 
 def register_best(client, *, model_uri: str, model_name: str, tags: dict[str, str],
-                  description: str, metric: str, direction: str,
-                  value: float) -> Registration:
+                  description: str, metric: str, direction: str, value: float,
+                  theme_hash: str | None = None, test_metrics: dict[str, float] | None = None,
+                  rescore=None) -> Registration:
     """Register the best model as a new version of `model_name` in the store the study
     set (runs.open_study_runs); move `champion` to it only when no champion exists or
     this value beats the champion's on the same metric and direction. `client` is the
-    study's retrying client."""
+    study's retrying client.
+
+    When the champion was trained on other theme content than `theme_hash`, and
+    `rescore` is given, the champion's value is `rescore(version)` (an object with
+    `value`, None when it could not be scored, `split`, `images` and `problem`: see
+    tuning.evaluation.rescoring) instead of its recorded one."""
     import mlflow
 
     # A resume that redoes a dead driver's bookkeeping may find its version already there.
     version = (_version_of_parent(client, model_name, tags.get("parent_run_id"))
                or retrying.call(mlflow.register_model, model_uri, model_name,
                                 await_registration_for=60,
-                                tags={**tags, METRIC_TAG: metric, DIRECTION_TAG: direction,
-                                      VALUE_TAG: repr(float(value))}))
+                                tags={**tags, **version_tags(
+                                    metric=metric, direction=direction, value=value,
+                                    theme_hash=theme_hash, test_metrics=test_metrics)}))
     number = str(version.version)
     client.update_model_version(model_name, number, description=description)
     client.update_registered_model(model_name, description=description)
     current = _champion_version(client, model_name)
-    moved, reason = _beats(current, metric=metric, direction=direction, value=value)
+    if current is not None and str(current.version) == number:
+        # Redone bookkeeping of the study that made it champion.
+        return Registration(model_name=model_name, version=number, champion_version=number,
+                            moved=False, reason="already the champion")
+    moved, reason, comparison = _compare(current, metric=metric, direction=direction,
+                                         value=value, theme_hash=theme_hash, rescore=rescore)
     if moved:
         client.set_registered_model_alias(model_name, CHAMPION, number)
     return Registration(model_name=model_name, version=number,
                         champion_version=number if moved else str(current.version),
-                        moved=moved, reason=reason)
+                        moved=moved, reason=reason, comparison=comparison)
 
 
 def _version_of_parent(client, model_name: str, parent_run_id: str | None):
@@ -307,6 +342,48 @@ def _champion_version(client, model_name: str):
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST" and "not found" not in str(exc).lower():
             raise
         return None
+
+
+def _compare(current, *, metric: str, direction: str, value: float, theme_hash: str | None,
+             rescore) -> tuple[bool, str, list[str]]:
+    """(moves, reason, the comparison's lines): like with like. A champion of other
+    theme content is rescored on this study's images when it can be."""
+    if current is None:
+        return True, "no champion yet", []
+    tags = current.tags or {}
+    if tags.get(METRIC_TAG) != metric or tags.get(DIRECTION_TAG) != direction:
+        moved, reason = _beats(current, metric=metric, direction=direction, value=value)
+        return moved, reason, []
+    theirs_hash = tags.get(THEME_HASH_TAG)
+    if not theme_hash or rescore is None or theirs_hash == theme_hash:
+        how = ("same theme content" if theme_hash and theirs_hash == theme_hash
+               else "no theme content to compare")
+        moved, reason = _beats(current, metric=metric, direction=direction, value=value)
+        return moved, reason, [f"champion comparison: recorded values ({how})",
+                               f"champion comparison: {reason}"]
+    changed = (f"champion version {current.version} was trained on other theme content "
+               f"({_short(theirs_hash)}, this study {_short(theme_hash)})")
+    scored = rescore(current)
+    if scored.value is None:
+        moved, reason = _beats(current, metric=metric, direction=direction, value=value)
+        return moved, reason, [f"champion comparison: recorded values; {changed}, but "
+                               f"{scored.problem}",
+                               f"champion comparison: {reason}"]
+    better = scored.value > value if direction == "minimize" else scored.value < value
+    verdict = "beats" if better else "does not beat"
+    reason = (f"{metric} {value:.4f} {verdict} champion version {current.version}'s "
+              f"{scored.value:.4f} rescored on this study's {scored.split} split"
+              + ("" if better else ": alias left in place"))
+    return better, reason, [
+        f"champion comparison: rescored; {changed}: its own model labelled this study's "
+        f"{scored.split} split ({scored.images} images)",
+        f"champion comparison: {metric} this study's best {value:.4f}, champion version "
+        f"{current.version} rescored {scored.value:.4f} (recorded {tags.get(VALUE_TAG, '?')}"
+        f"): {verdict}{'' if better else ', alias left in place'}"]
+
+
+def _short(theme_hash: str | None) -> str:
+    return f"hash {theme_hash[:12]}" if theme_hash else "no recorded hash"
 
 
 def _beats(current, *, metric: str, direction: str, value: float) -> tuple[bool, str]:

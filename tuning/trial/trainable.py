@@ -24,6 +24,7 @@ from tuning.config.params import TrainingParams, params_with_sample
 from tuning.data import TrialData
 from tuning.data.augment import AugmentSettings, augment_batch
 from tuning.data.shards import ShardedData
+from tuning.evaluation import scores
 from tuning.trial.batches import DeviceSplit, StreamSplit, stats_from_sums
 from tuning.trial.memory_cap import GIB, TrialOutOfMemoryError, is_out_of_memory, memory_cap
 from tuning.trial.model import build_model, freeze_backbone, set_train_mode
@@ -91,37 +92,59 @@ def _fused_supported(model: torch.nn.Module) -> bool:
 
 
 def evaluate(model: torch.nn.Module, split, mean, std) -> tuple[float, float]:
-    loss, acc, _ = _evaluate(model, split, mean, std, per_image=False)
+    loss, acc, _, _ = _evaluate(model, split, mean, std, per_image=False)
     return loss, acc
+
+
+def evaluate_valid(model: torch.nn.Module, split, mean, std) -> dict[str, float]:
+    """The per-epoch validation metrics, all from one pass over the split."""
+    loss, acc, _, confusion = _evaluate(model, split, mean, std, per_image=False)
+    return {"valid_loss": loss, "valid_acc": acc, **_class_balanced("valid", confusion)}
 
 
 def evaluate_test(model: torch.nn.Module, split, mean, std) -> dict[str, float]:
     """The final test metrics, with the accuracy per source image that the shipped
     model gives (patch probabilities averaged per image)."""
     patches = split.patches_per_image > 1
-    loss, acc, image_acc = _evaluate(model, split, mean, std, per_image=patches)
+    loss, acc, image_acc, confusion = _evaluate(model, split, mean, std, per_image=patches)
     return {"test_loss": loss, "test_acc": acc,
-            "test_image_acc": image_acc if patches else acc}
+            "test_image_acc": image_acc if patches else acc,
+            **_class_balanced("test", confusion)}
+
+
+def _class_balanced(split_name: str, confusion: torch.Tensor) -> dict[str, float]:
+    counts = confusion.cpu().numpy()
+    return {f"{split_name}_balanced_acc": scores.balanced_accuracy(counts),
+            f"{split_name}_macro_f1": scores.macro_f1(counts)}
 
 
 def _evaluate(model, split, mean, std, *, per_image: bool):
+    """Loss, accuracy, per-image accuracy (None unless asked) and the confusion matrix
+    (rows true, columns predicted) of one pass over the split."""
     model.eval()
     device = split.labels.device
     loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
+    confusion = None
     probabilities = []
     with torch.inference_mode():
         for images, y in split.batches(None, eval_batch_size(split.side)):
             logits = model(network_input(images, mean, std))
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
-            correct += (logits.argmax(dim=1) == y).sum()
+            k = logits.shape[1]
+            # Counted on the device, read once at the end: no host sync per batch.
+            pairs = torch.bincount(y * k + logits.argmax(dim=1), minlength=k * k)
+            confusion = pairs if confusion is None else confusion + pairs
             if per_image:
                 probabilities.append(torch.softmax(logits, dim=1))
+    if confusion is None:
+        confusion = torch.zeros(0, dtype=torch.long, device=device)
+    k = int(round(confusion.numel() ** 0.5))
+    confusion = confusion.reshape(k, k)
     n = max(len(split), 1)
     image_acc = None
     if per_image:
         image_acc = _image_accuracy(torch.cat(probabilities), split)
-    return loss_sum.item() / n, correct.item() / n, image_acc
+    return loss_sum.item() / n, confusion.trace().item() / n, image_acc, confusion
 
 
 def _image_accuracy(probabilities: torch.Tensor, split) -> float:
@@ -252,11 +275,10 @@ def _train(params: TrainingParams, data: TrialData,
             model, optimizer, train, mean, std, batch_size=params.training.batch_size,
             augments=settings.augments, generator=generator,
             max_steps=params.training.steps_per_epoch)
-        valid_loss, valid_acc = evaluate(model, valid, mean, std)
         metrics: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss,
-                                   "train_acc": train_acc, "valid_loss": valid_loss,
-                                   "valid_acc": valid_acc, "node_id": node_id,
-                                   "resumed_from_epoch": start_epoch}
+                                   "train_acc": train_acc,
+                                   **evaluate_valid(model, valid, mean, std),
+                                   "node_id": node_id, "resumed_from_epoch": start_epoch}
         if epoch + 1 == epochs:
             metrics.update(evaluate_test(model, test, mean, std))
         with tempfile.TemporaryDirectory() as folder:
