@@ -250,6 +250,105 @@ JA = {
         "ロックが解けるのを待ってから再度お試しいただくか、管理者に解除を依頼してください"
         "（manage.py axes_reset_username）。",
     "Back to the login page": "ログインページに戻る",
+    # The settings screen: the search space rows and the fixed parameters (issue 19).
+    "Epochs": "エポック数",
+    "Passes over the training split per trial.": "試行ごとに学習データを何周するか。",
+    "Image size (px)": "画像サイズ（px）",
+    "Images are resized to this square side.": "画像はこの一辺の正方形に縮小・拡大されます。",
+    "Channels": "チャンネル数",
+    "3 (colour)": "3（カラー）",
+    "1 (grayscale)": "1（グレースケール）",
+    "Train share": "学習の割合",
+    "Share of source images for training.": "元画像のうち学習に使う割合。",
+    "Validation share": "検証の割合",
+    "The three shares sum to 1.": "3 つの割合の合計は 1 です。",
+    "Test share": "テストの割合",
+    "Held out: the figures of the chosen model.": "選ばれたモデルの評価に取っておく分。",
+    "Seed": "シード",
+    "Histogram equalization": "ヒストグラム平坦化",
+    "Evens out the brightness of each image.": "各画像の明るさをならします。",
+    "Patches": "パッチ",
+    "Train on square patches of each image.": "各画像から切り出した正方形のパッチで学習します。",
+    "Patch size (px)": "パッチサイズ（px）",
+    "At most the image size.": "画像サイズ以下。",
+    "Patch stride (px)": "パッチの間隔（px）",
+    "Empty: the patch size.": "空欄ならパッチサイズと同じ。",
+    "Pretrained weights": "事前学習済みの重み",
+    "Start from torchvision's ImageNet weights (the local torch hub cache).":
+        "torchvision の ImageNet 学習済みの重み（ローカルの torch hub キャッシュ）から始めます。",
+    "Other fixed parameters (base_params)": "その他の固定パラメータ（base_params）",
+    "YAML: used by every trial; params.yaml and the fields above override them.":
+        "YAML：全試行で使う値。params.yaml と上の入力欄の値が優先されます。",
+    "params.yaml (other training parameters)": "params.yaml（その他の学習パラメータ）",
+    "YAML: they override base_params; the fields above and sampled values override them.":
+        "YAML：base_params より優先され、上の入力欄とサンプリングされた値がさらに優先されます。",
+    "text": "文字列",
+    "integer": "整数",
+    "number": "数値",
+    "or null": "または null",
+    "Low": "下限",
+    "High": "上限",
+    "Log scale": "対数スケール",
+    "Step": "刻み",
+    "Choices": "選択肢",
+    "One per line, or separated by commas; quote text that holds a comma.":
+        "1 行に 1 つ、またはカンマ区切り。カンマを含む文字列は引用符で囲みます。",
+    "Network architecture (torchvision ResNet).": "ネットワークの構造（torchvision の ResNet）。",
+    "A local state_dict file to start from.": "初期値にするローカルの state_dict ファイル。",
+    "Start from torchvision's ImageNet weights (local torch hub cache).":
+        "torchvision の ImageNet 学習済みの重み（ローカルの torch hub キャッシュ）から始めます。",
+    "Train only the classifier; the backbone stays as loaded.":
+        "分類層だけを学習し、バックボーンは読み込んだままにします。",
+    "Optimizer step size.": "オプティマイザの学習率（1 ステップの大きさ）。",
+    "Images per training batch.": "学習バッチあたりの画像数。",
+    "Optimizer.": "オプティマイザ。",
+    "Passes over the training split.": "学習データを何周するか。",
+    "Data loader worker processes (streaming data).": "データローダーのワーカープロセス数（ストリーミング時）。",
+    "SGD momentum.": "SGD のモーメンタム。",
+    "L2 penalty on the weights.": "重みへの L2 正則化。",
+    "At most this many batches per epoch; empty: the whole split.":
+        "1 エポックあたりの最大バッチ数。空欄なら学習データ全体。",
+    "Share of source images in the training split.": "元画像のうち学習データに入る割合。",
+    "Share of source images in the validation split.": "元画像のうち検証データに入る割合。",
+    "Share of source images in the test split.": "元画像のうちテストデータに入る割合。",
+    "Seed of the split and of training.": "データ分割と学習の乱数シード。",
+    "Side of the square input image, in pixels.": "正方形の入力画像の一辺（ピクセル）。",
+    "1 (grayscale) or 3 (colour) input channels.": "入力チャンネル数：1（グレースケール）または 3（カラー）。",
+    "Skip images that cannot be decoded instead of failing.": "読めない画像があっても失敗せずに飛ばします。",
+    "Keep decoded images in memory (resident) or stream shards; auto picks.":
+        "デコードした画像をメモリに置く（resident）か、シャードから読む（streaming）か。auto なら自動で選びます。",
+    "Histogram equalization of each image.": "各画像のヒストグラム平坦化。",
+    "Brightness correction method.": "明るさ補正の方法。",
+    "Train on square patches cut from each image.": "各画像から切り出した正方形のパッチで学習します。",
+    "Patch side in pixels, at most the image size.": "パッチの一辺（ピクセル）。画像サイズ以下。",
+    "Step between patches in pixels; empty: the patch size.": "パッチの間隔（ピクセル）。空欄ならパッチサイズと同じ。",
+    "Accepts:": "受け付ける値：",
+    "Remove": "削除",
+    "One row per parameter to tune: float and int take a range (<code>low</code>, "
+    "<code>high</code>, and <code>log</code> or <code>step</code>), categorical a list of "
+    "choices. Each row is checked as <code>launch.py</code> checks "
+    "<code>params_to_tune</code>.":
+        "探索するパラメータごとに 1 行。float と int は範囲（<code>low</code>、<code>high</code>、"
+        "<code>log</code> または <code>step</code>）、categorical は選択肢のリストを指定します。"
+        "各行は <code>launch.py</code> が <code>params_to_tune</code> を確認するのと同じ規則で確認されます。",
+    "Add a parameter": "パラメータを追加",
+    "Add row": "行を追加",
+    "Removed rows go when you add a row or launch.": "削除した行は、行の追加時または起動時に消えます。",
+    "The keys you can tune, and the values each accepts": "探索できるキーと、それぞれが受け付ける値",
+    "Description": "説明",
+    "Accepts": "受け付ける値",
+    "Used by every trial; a parameter in the search space is sampled instead.":
+        "全試行で使う値。探索空間にあるパラメータはサンプリングされた値が使われます。",
+    "Advanced: everything else, as YAML": "詳細設定：その他すべて（YAML）",
+    "The keys without a field above, as in the files of configs/. A key set here and in a "
+    "field above takes the field's value.":
+        "上に入力欄のないキーを configs/ のファイルと同じ形式で書きます。ここと上の入力欄の両方にあるキーは入力欄の値が使われます。",
+    "The parameters below start from this theme's saved defaults (best params of study "
+    "%(id)s).":
+        "以下のパラメータは、このテーマに保存された既定値（スタディ %(id)s の最良パラメータ）から始まります。",
+    "As searched by study %(id)s, the latest of this theme.": "このテーマの最新のスタディ %(id)s の探索空間。",
+    "No study of this theme yet: the default search space of configs/.":
+        "このテーマのスタディはまだありません。configs/ の既定の探索空間です。",
 }
 
 

@@ -106,7 +106,7 @@ def test_best_params_download_and_apply_as_theme_defaults(client_tuner, theme, m
 
 def test_new_study_form_is_prefilled_from_the_config_folder(client_tuner, theme):
     page = client_tuner.get(reverse("study_new") + f"?theme={theme.id}").content.decode()
-    assert "training.learning_rate:" in page            # search space
+    assert 'value="training.learning_rate" selected' in page    # a search space row
     assert 'value="2"' in page                          # n_trials of the tiny preset
     page = client_tuner.get(reverse("study_new") + f"?theme={theme.id}&preset=tiny2")
     assert 'value="3"' in page.content.decode()
