@@ -156,6 +156,12 @@ def _no_exported_run_id(monkeypatch):
 _FIXTURE_MARKERS = {"ray_local": "ray", "ray_local_join": "ray", "postgres": "postgres"}
 
 
+# How long a file's tests take, roughly, by the heaviest marker among them: `make test`
+# runs files in parallel (pytest-xdist, --dist loadfile), and a long file that starts
+# last makes everyone wait for it.
+_FILE_WEIGHT = {"cluster": 0, "ray": 1, "postgres": 1, "browser": 2, "slow": 3}
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         for fixture, marker in _FIXTURE_MARKERS.items():
@@ -164,3 +170,10 @@ def pytest_collection_modifyitems(config, items):
         callspec = getattr(item, "callspec", None)
         if callspec and any("postgres" in str(v) for v in callspec.params.values()):
             item.add_marker("postgres")
+    weight: dict[str, int] = {}
+    for item in items:
+        marks = {m.name for m in item.iter_markers()} & _FILE_WEIGHT.keys()
+        ranks = [_FILE_WEIGHT[m] for m in marks] or [len(_FILE_WEIGHT)]
+        weight[item.fspath] = min(weight.get(item.fspath, len(_FILE_WEIGHT)), *ranks)
+    # Stable: within a weight, files keep their order, and tests within a file theirs.
+    items.sort(key=lambda item: weight[item.fspath])
