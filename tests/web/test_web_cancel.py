@@ -51,8 +51,7 @@ def real_launch(settings, theme, tmp_path, monkeypatch):
 
     def start(*, n_trials: int = 2, epochs: int = 1) -> int:
         values = study_configs.initial_values(preset, class_count=4)
-        values.update(n_trials=str(n_trials), base_params=values["base_params"].replace(
-            "num_epochs: 1", f"num_epochs: {epochs}"))
+        values.update(n_trials=str(n_trials), num_epochs=str(epochs))
         files = study_configs.build(values, theme_id=theme.id)
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:

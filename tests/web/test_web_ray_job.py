@@ -146,9 +146,8 @@ def study_files(settings, theme_id: int, *, n_trials: int, epochs: int):
     """The web form's files from the tiny preset (16 px gray ResNet18, 1 CPU a trial)."""
     preset = study_configs.presets(Path(settings.THEMETUNE_CONFIGS_DIR))[0]
     values = study_configs.initial_values(preset, class_count=4)
-    assert "num_epochs: 1" in values["base_params"]
-    values.update(n_trials=str(n_trials), base_params=values["base_params"].replace(
-        "num_epochs: 1", f"num_epochs: {epochs}"))
+    assert values["num_epochs"] == "1"
+    values.update(n_trials=str(n_trials), num_epochs=str(epochs))
     return study_configs.build(values, theme_id=theme_id)
 
 
