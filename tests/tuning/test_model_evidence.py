@@ -19,13 +19,18 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 from sklearn.metrics import balanced_accuracy_score, f1_score, precision_recall_fscore_support
 
 from tests.conftest import ROOT, theme_from_folder, tiny_config_files
+from theme_classifier.network import build_network
 from tuning.config import ConfigFiles, Overrides, load_study_config
 from tuning.config.params import REPORTED_METRICS, epoch_metric_for, selection_split
+from tuning.data import PreprocessSettings, prepare_data
+from tuning.data.shards import prepare_shards
 from tuning.evaluation import scores
+from tuning.evaluation.held_out import evaluate_best
 from tuning.evaluation.rescoring import ChampionScore, split_files
 from tuning.study import StudyOutcome, prepare_study, run_study
 from tuning.tracking import evidence, registry
@@ -105,6 +110,28 @@ def test_shipped_configs_select_on_validation_and_list_the_new_metrics():
 def test_class_names_become_distinct_metric_keys():
     assert evidence.class_keys(["cat", "hot dog", "x/y?", "x_y", "日本"]) == \
         ["cat", "hot_dog", "x_y", "x_y_3", "class4"]
+
+
+@pytest.mark.parametrize("patches", [False, True])
+def test_held_out_evaluation_is_the_same_from_arrays_and_from_shards(tmp_path, digits_theme,
+                                                                      patches):
+    """Either data path gives one answer per source image, the same for the same network."""
+    settings = PreprocessSettings(image_size=16, channels=1, brightness=None,
+                                  patch_size=8 if patches else None,
+                                  patch_stride=8 if patches else None,
+                                  split=(0.6, 0.2, 0.2), seed=3, skip_unreadable=False)
+    resident = prepare_data(digits_theme, settings, cache_dir=tmp_path / "cache")
+    sharded = prepare_shards(digits_theme, settings, root=tmp_path / "shards")
+    torch.manual_seed(0)
+    network = build_network("ResNet18", num_classes=digits_theme.num_classes, in_channels=1)
+    checkpoint = {"model": network.state_dict(), "mean": [0.3], "std": [0.35]}
+    a, b = (evaluate_best(data, digits_theme, trial_number=4, checkpoint=checkpoint,
+                          architecture="ResNet18") for data in (resident, sharded))
+    n_images = len(set(resident.test.sources.tolist()))
+    assert sum(map(sum, a.confusion)) == n_images
+    assert a.confusion == b.confusion and a.metrics == pytest.approx(b.metrics)
+    assert a.trial_number == 4 and a.split == "test"
+    assert a.metrics["test_acc"] == pytest.approx(np.trace(a.confusion) / n_images)
 
 
 # ---------------------------------------------------------------- the comparison, alone
