@@ -81,7 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="number of trials (overrides study.n_trials)")
     p.add_argument("--timeout", type=seconds, help="time budget in seconds (study.timeout)")
     p.add_argument("--storage", help="Optuna storage: sqlite:///optuna.db, postgresql://..., "
-                                     "or journal:FILE; makes the study persistent")
+                                     "or journal:FILE, shared by launches of one study "
+                                     "name (default: a journal file of this launch's own "
+                                     "under ray.storage_path)")
     p.add_argument("--study-name", help="Optuna study name (default: study.name)")
     p.add_argument("--configs", type=Path, default=CONFIGS,
                    help="folder holding the four YAML files (default: configs/)")

@@ -36,11 +36,11 @@ from tuning.errors import (
     ThemetuneError,
     TrackingLostError,
 )
-from tuning.optuna_adapter import StudySearch, check_existing_study, open_storage
+from tuning.optuna_adapter import StudySearch, check_existing_study, study_storage
 from tuning.recovery import lease
 from tuning.recovery import resume as resume_files
 from tuning.recovery.interrupts import PHASE_RAY_STARTED, PHASE_STUDY_STARTED, StopRequest, StudyInterrupted
-from tuning.tracking import evidence, names, output, registry, retrying, runs
+from tuning.tracking import datasets, evidence, names, output, registry, retrying, runs
 from tuning.tracking.ledger import StudyLedger
 from tuning.tracking.progress import ProgressDisplay
 from tuning.tracking.recording import NullRecorder, StudyEnd, StudyEvaluation, StudyRecorder, StudyStart
@@ -155,7 +155,9 @@ def prepare_study(config: StudyConfig, theme: ThemeSpec, *, study_name: str | No
     progress(f"data path: {mode.mode} ({mode.reason})")
     data = _prepare(config, theme, settings, mode, progress=progress, dry_run=dry_run)
     _check_batch_sizes(config, data)
-    optuna_storage = open_storage(storage_url, create=not dry_run)
+    storage_url, optuna_storage = study_storage(
+        storage_url, storage_path=config.infra.ray.storage_path, study_name=name,
+        create=not dry_run)
     distributions = to_distributions(config.space)
     stored = check_existing_study(optuna_storage, name, direction=config.study.direction,
                                   distributions=distributions)
@@ -288,6 +290,8 @@ def _tune(run: "_StudyRun", models, *, progress, trainable) -> StudyOutcome:
     """The trials on Ray Tune (new, or the rest of a resumed study), then the end steps."""
     plan, study_runs = run.plan, run.study_runs
     searcher = _searcher(plan, study_runs.parent_run_id)
+    searcher.describe_study({"theme_id": plan.theme.id, "theme_name": plan.theme.name,
+                             **runs.study_links(study_runs)})
     run.callback = _callback(run, searcher, models, progress or ProgressDisplay())
     tuner = _build_tuner(run, searcher, trainable)
     output.say(f"Tune experiment {run.experiment_path}; if this driver dies, "
@@ -352,6 +356,7 @@ def _open_parent_run(plan: StudyPlan, resume) -> runs.MlflowStudy:
         study_runs = runs.reopen_study_runs(
             tracking_uri=tracking_uri, experiment_id=resume.experiment_id,
             parent_run_id=resume.parent_run_id)
+    runs.use_datasets(study_runs, datasets.study_datasets(plan.theme, plan.theme_hash, plan.data))
     output.say(f"MLflow experiment '{plan.theme.name}' (id {study_runs.experiment_id}), "
                f"parent run {study_runs.parent_run_id} at {tracking_uri}")
     return study_runs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -10,9 +11,11 @@ import optuna
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from optuna.storages.journal import JournalFileBackend
 
 from tests.conftest import tiny_config_files
 from tuning.config import ConfigFiles, Overrides, load_study_config
+from tuning.data.keys import theme_content_hash
 from tuning.errors import StorageError
 from tuning.study import prepare_study, run_study
 from tuning.tracking.progress import ProgressDisplay
@@ -32,6 +35,7 @@ class ListRecorder:
     def trial_result(self, event): self.events.append(event)
     def trial_finished(self, event): self.events.append(event)
     def study_finished(self, event): self.events.append(event)
+    def study_evaluated(self, event): self.events.append(event)
 
     def of(self, kind):
         return [e for e in self.events if isinstance(e, kind)]
@@ -56,14 +60,22 @@ def test_study_structure_in_mlflow(ray_local, mlflow_uri, tmp_path, digits_theme
         "training": {"run_name": "tiny_run"},
         "data": {"image_size": 16, "channels": 1, "mode": "streaming"}})
     recorder = ListRecorder()
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"  # read back below, as optuna-dashboard does
-    outcome = run(folder, digits_theme, recorder=recorder, storage_url=storage,
-                  study_name="structure")
+    # No --storage: every study gets a journal file of its own, read back below as
+    # optuna-dashboard does (an explicit storage: test_persistent_storage_...).
+    config = load_study_config(ConfigFiles.in_folder(folder), Overrides(theme_id=digits_theme.id))
+    plan = prepare_study(config, digits_theme, study_name="structure")
+    outcome = run_study(plan, recorder=recorder, progress=ProgressDisplay(min_interval_s=0))
+    assert plan.storage_url.startswith(
+        f"journal:{tmp_path / 'configs/ray_results/themetune_optuna'}/structure-")
+    storage = optuna.storages.JournalStorage(
+        JournalFileBackend(plan.storage_url.removeprefix("journal:")))
     client = MlflowClient(mlflow_uri)
 
     # Experiment = theme name; parent run named by params.yaml's run_name.
     experiment = client.get_experiment(outcome.experiment_id)
     assert experiment.name == digits_theme.name
+    # MLflow 3's UI opens it on its model-training view, not the GenAI overview.
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     parent = client.get_run(outcome.parent_run_id)
     assert parent.info.run_name == "tiny_run"
     assert parent.info.status == "FINISHED"
@@ -100,6 +112,14 @@ def test_study_structure_in_mlflow(ray_local, mlflow_uri, tmp_path, digits_theme
         assert sorted(trial.intermediate_values) == [1, 2]
         assert trial.user_attrs["mlflow.run_id"] == child.info.run_id
         assert trial.user_attrs["ray.trial_id"] == child.data.tags["ray.trial_id"]
+    # optuna-dashboard names the objective and says where the study's runs are.
+    study = optuna.load_study(study_name="structure", storage=storage)
+    assert study.metric_names == ["test_acc"]
+    assert study.user_attrs["theme_name"] == digits_theme.name
+    assert study.user_attrs["mlflow.parent_run_id"] == outcome.parent_run_id
+    assert study.user_attrs["intermediate_values"].startswith("valid_acc after each epoch")
+    assert f"#/experiments/{outcome.experiment_id}/runs/{outcome.parent_run_id}" in \
+        study.user_attrs["mlflow.link"]
 
     # best_value is the best child's metric, and the registered version is its model.
     # Ties go to the earliest trial, so the best is looked up, then checked to be a maximum.
@@ -133,6 +153,8 @@ def test_study_structure_in_mlflow(ray_local, mlflow_uri, tmp_path, digits_theme
          if m.source_run_id == outcome.parent_run_id][0].model_uri)
     assert isinstance(parent_model.unwrap_python_model().network, torch.nn.Module)
 
+    _assert_model_centric(client, outcome, children, digits_theme)
+
     # The recorder heard the same story, in order.
     assert isinstance(recorder.events[0], StudyStart)
     assert isinstance(recorder.events[-1], StudyEnd)
@@ -149,6 +171,51 @@ def test_study_structure_in_mlflow(ray_local, mlflow_uri, tmp_path, digits_theme
     assert "[themetune] trials 3/3 done" in out
     assert "data path: streaming (data.mode: streaming" in out
     assert "with Ray tasks on 1 node" in out
+    # Clean logs: no MLflow artifact download bars, no hint about TensorBoard files
+    # that the study does not write.
+    assert "Downloading artifacts" not in out + captured.err
+    assert "tensorboard" not in (out + captured.err).lower()
+
+
+def _assert_model_centric(client, outcome, children, theme):
+    """MLflow 3's Models tab and Datasets column, as test_study_structure's study left them."""
+    models = client.search_logged_models(experiment_ids=[outcome.experiment_id])
+    by_name = {m.name: m for m in models}
+    assert sorted(by_name) == ["best_model", "trial_0", "trial_1", "trial_2"]
+    for child in children:
+        model = by_name[child.info.run_name]   # trial_<optuna number>
+        assert model.source_run_id == child.info.run_id
+        assert model.params["training.optimizer"] == child.data.params["training.optimizer"]
+        assert model.params["architecture"] == "ResNet18"
+        metrics = {m.key: m.value for m in model.metrics}
+        assert metrics["test_acc"] == pytest.approx(child.data.metrics["test_acc"])
+        assert metrics["valid_acc"] == pytest.approx(child.data.metrics["valid_acc"])
+        assert model.tags["mlflow.note.content"].startswith("A trial's model: trial ")
+        # Linked to the model, not logged twice to the run.
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "test_acc")] == [2]
+    best = by_name["best_model"]
+    assert best.source_run_id == outcome.parent_run_id
+    assert {m.key: m.value for m in best.metrics}["test_acc"] == pytest.approx(
+        outcome.best_value)
+    assert best.params["trial_number"] == str(outcome.best_number)
+
+    # The theme as three split datasets on every run, its content hash as the digest.
+    digest = theme_content_hash(theme)[:32]
+    for run_id in [outcome.parent_run_id, *(c.info.run_id for c in children)]:
+        inputs = client.get_run(run_id).inputs.dataset_inputs
+        contexts = {i.dataset.name: {t.key: t.value for t in i.tags}["mlflow.data.context"]
+                    for i in inputs}
+        assert contexts == {f"{theme.name}-train": "training",
+                            f"{theme.name}-valid": "validation",
+                            f"{theme.name}-test": "test"}
+        for item in inputs:
+            assert item.dataset.digest == digest
+            assert json.loads(item.dataset.source) == {"url": f"themetune://theme/{theme.id}"}
+            assert json.loads(item.dataset.profile)["num_rows"] > 0
+    # The Datasets filter finds the runs by name.
+    found = client.search_runs([outcome.experiment_id],
+                               filter_string=f"dataset.name = '{theme.name}-train'")
+    assert len(found) == 1 + len(children)
 
 
 def test_persistent_storage_continues_and_refuses_other_direction(ray_local, mlflow_uri,

@@ -170,3 +170,23 @@ def test_resume_refuses_what_cannot_be_resumed(theme, tmp_path):
     (experiment / RESUME_FILE).write_text(json.dumps({"finished": False}))
     assert launch.resume_command(selectors.study_get(study_id=study.id)) == \
         f"python launch.py --resume {experiment} --record-id {study.id}"
+
+
+PRINTS_COLOURS_AND_BARS = r"""
+import os, sys
+print("\x1b[36m(pid=1)\x1b[0m trial started", flush=True)
+sys.stdout.write("Downloading artifacts:  50%|#####     |\rDownloading artifacts: 100%|##########|\n")
+print("bars", os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"), flush=True)
+"""
+
+
+def test_the_log_reads_as_plain_text_and_the_driver_draws_no_mlflow_bars(start, monkeypatch):
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
+    study_id = start(PRINTS_COLOURS_AND_BARS)
+    study = wait_until(study_id, lambda s: "bars " in launch.log_tail(s))
+    tail = launch.log_tail(study)
+    assert "\x1b" not in tail and "\r" not in tail
+    assert "(pid=1) trial started" in tail
+    assert "Downloading artifacts: 100%|##########|" in tail
+    assert "50%" not in tail
+    assert "bars false" in tail   # the driver's env (a Ray job's too: _driver_env)

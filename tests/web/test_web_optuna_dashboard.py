@@ -90,3 +90,27 @@ def test_no_link_when_the_study_cannot_be_found(client_viewer, theme, make_study
     page = _page(client_viewer, study_id)
     assert 'id="optuna-dashboard"' not in page and "/dashboard/studies/" not in page
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
+
+
+def test_a_study_without_storage_is_linked_with_its_metric_named(
+        client_viewer, theme, make_study, tmp_path, settings):
+    """What launch.py gives a study the web form starts (no --storage): a journal file of
+    its own under ray.storage_path, which the page and optuna-dashboard read."""
+    import optuna.distributions as od
+
+    from tuning.optuna_adapter import StudySearch, study_storage
+    from web.optuna_dashboard import _read_only_storage
+
+    url, storage = study_storage(None, storage_path=str(tmp_path / "ray_results"),
+                                 study_name="tiny", create=True)
+    search = StudySearch(space={"x": od.FloatDistribution(0, 1)}, metric="valid_acc",
+                         mode="max", sampler=optuna.samplers.TPESampler(seed=1),
+                         study_name="tiny", storage=storage)
+    search.describe_study({"theme_name": "digits"})
+    study_id = make_study(theme)
+    _stored_in(study_id, url)
+    settings.THEMETUNE_OPTUNA_DASHBOARD_URL = DASHBOARD
+    optuna_id = storage.get_study_id_from_name("tiny")
+    assert f"{DASHBOARD}/dashboard/studies/{optuna_id}" in _page(client_viewer, study_id)
+    read = optuna.load_study(study_name="tiny", storage=_read_only_storage(url))
+    assert read.metric_names == ["valid_acc"] and read.user_attrs["theme_name"] == "digits"
