@@ -10,10 +10,13 @@ from django import forms
 from django.utils.translation import gettext, gettext_noop
 from django.utils.translation import gettext_lazy as _
 
+from data_access import selectors
 from tuning.config.params import REPORTED_METRICS, Accepts, TunableKey, tunable_keys
 from tuning.config.search_space import PARAM_TYPES
 from tuning.config.yaml_loader import MAX_YAML_BYTES
+from tuning.states import StudyStatus
 from tuning.tracking.names import theme_name_problem
+from tuning.warm_start.sources import CHAMPION as WARM_CHAMPION
 from web import study_configs
 
 _NUMBER = {"inputmode": "decimal", "class": "num"}
@@ -80,9 +83,17 @@ class StudyForm(forms.Form):
     config = _yaml(_("config.yaml (other settings)"),
                    _("MLflow, Ray, checkpoints, failures, cache folder."), rows=10)
     augments = _yaml(_("augments.yaml"), _("Augmentations of training batches."), rows=7)
+    warm_start = forms.MultipleChoiceField(
+        label=_("Start from earlier studies"), required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text=_("launch.py --warm-start: their finished trials are given to the "
+                    "searcher; the champion's parameters are tried first."))
 
     def __init__(self, *args, themes, presets, **kwargs):
         super().__init__(*args, **kwargs)
+        self.fields["warm_start"].choices, champions = warm_start_choices()
+        if self.initial.get("theme") in champions:
+            self.initial.setdefault("warm_start", [WARM_CHAMPION])
         self.fields["theme"].choices = [(t.id, f"{t.name} (id {t.id})") for t in themes]
         self.fields["preset"].choices = [(p, p) for p in presets]
         self._theme_names = {t.id: t.name for t in themes}
@@ -101,7 +112,17 @@ class StudyForm(forms.Form):
     def config_values(self) -> dict[str, str]:
         """The values that become the four YAML files."""
         return {name: value for name, value in self.cleaned_data.items()
-                if name not in ("theme", "preset")}
+                if name not in ("theme", "preset", "warm_start")}
+
+
+def warm_start_choices() -> tuple[list[tuple[str, str]], set[int]]:
+    """launch.py --warm-start's sources (the champion, each completed study), and the
+    themes with a champion to preselect (a completed study registered a model)."""
+    studies = [s for s in selectors.study_list() if s.status == StudyStatus.COMPLETED]
+    choices = [(WARM_CHAMPION, gettext("the theme's champion"))] + [
+        (f"study:{s.id}", f"{s.id}: {s.name} ({s.theme_name}, {s.metric}, "
+                          f"{s.trial_count} trials)") for s in studies]
+    return choices, {s.theme_id for s in studies if s.registered_model}
 
 
 # ---------------------------------------------------------------- the search space rows

@@ -38,7 +38,8 @@ def run_dir(study_id: int) -> Path:
     return Path(settings.THEMETUNE_RUNS_DIR) / f"study-{study_id}"
 
 
-def launch_new_study(*, theme_id: int, files: StudyFiles) -> int:
+def launch_new_study(*, theme_id: int, files: StudyFiles,
+                     warm_start: tuple[str, ...] | list[str] = ()) -> int:
     """Record a pending study, write its configs and start it; returns its id.
 
     Returns at once: the study runs in the background. Raises LaunchError (and marks
@@ -55,12 +56,15 @@ def launch_new_study(*, theme_id: int, files: StudyFiles) -> int:
     # A Ray job's driver runs in a copy of the folder: its configs are relative to it.
     configs = ("configs" if study.launcher == TuningStudy.Launcher.RAY_JOB
                else str(folder / "configs"))
-    _start_driver(study.id, study.launcher, folder, _launch_args(theme_id, study.id, configs))
+    _start_driver(study.id, study.launcher, folder,
+                  _launch_args(theme_id, study.id, configs, warm_start))
     return study.id
 
 
-def _launch_args(theme_id: int, study_id: int, configs: str) -> list[str]:
-    return ["--configs", configs, "--theme-id", str(theme_id), "--record-id", str(study_id)]
+def _launch_args(theme_id: int, study_id: int, configs: str, warm_start=()) -> list[str]:
+    warm = ["--warm-start", ",".join(warm_start)] if warm_start else []
+    return ["--configs", configs, "--theme-id", str(theme_id), "--record-id", str(study_id),
+            *warm]
 
 
 def resume_command(study: StudyInfo) -> str | None:

@@ -151,7 +151,8 @@ def _launch(form, formset) -> int | None:
     theme_id = form.cleaned_data["theme"]
     try:
         files = study_configs.build(values, theme_id=theme_id)
-        return launch.launch_new_study(theme_id=theme_id, files=files)
+        return launch.launch_new_study(theme_id=theme_id, files=files,
+                                       warm_start=form.cleaned_data["warm_start"])
     except study_configs.RowErrors as exc:
         for index, message in exc.problems.items():
             submitted[index][0].add_error(None, message)
