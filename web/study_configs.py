@@ -141,11 +141,10 @@ def format_choices(choices: list[Any]) -> str:
 
 def spec_row(name: str, spec: dict[str, Any]) -> dict[str, Any]:
     """A params_to_tune entry as a row of the form."""
-    row: dict[str, Any] = {"name": name, "type": _text(spec.get("type")),
-                           "low": _text(spec.get("low")), "high": _text(spec.get("high")),
-                           "log": bool(spec.get("log")), "step": _text(spec.get("step")),
-                           "choices": format_choices(spec.get("choices") or [])}
-    return row
+    return {"name": name, "type": _text(spec.get("type")),
+            "low": _text(spec.get("low")), "high": _text(spec.get("high")),
+            "log": bool(spec.get("log")), "step": _text(spec.get("step")),
+            "choices": format_choices(spec.get("choices") or [])}
 
 
 def new_row(name: str) -> dict[str, Any]:
