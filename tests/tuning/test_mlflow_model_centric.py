@@ -113,3 +113,26 @@ def test_the_mlflow_link_of_a_study(uri, link, monkeypatch):
     links = runs.study_links(runs.MlflowStudy(client=None, experiment_id="1",
                                               parent_run_id="p"))
     assert links["mlflow.link"] == link and links["mlflow.parent_run_id"] == "p"
+
+
+def test_a_models_metrics_are_its_runs_last_points_linked_not_logged_again(mlflow_uri):
+    study = _open(mlflow_uri)
+    client = MlflowClient(mlflow_uri)
+    run_id = runs.create_child_run(study, name="trial_0", tags={})
+    result = {"epoch": 2, "valid_acc": 0.5, "test_acc": 0.75, "timestamp": 1_700_000_000}
+    metrics, step, timestamp_ms = runs.result_metrics(result)   # as the callback logs it
+    runs.log_metrics(client, run_id, metrics, step=step, timestamp_ms=timestamp_ms)
+    trial = client.create_logged_model(study.experiment_id, name="trial_0",
+                                       source_run_id=run_id)
+    runs.link_model_metrics(client, run_id, trial.model_id, result)
+    # After --resume the ledger's result has no time: the run's own points are linked.
+    best = client.create_logged_model(study.experiment_id, name="best_model",
+                                      source_run_id=study.parent_run_id)
+    runs.link_model_metrics(client, run_id, best.model_id,
+                            {k: v for k, v in result.items() if k != "timestamp"})
+    for model in (trial, best):
+        linked = client.get_logged_model(model.model_id).metrics
+        assert {m.key: m.value for m in linked} == {"valid_acc": 0.5, "test_acc": 0.75}
+        assert {m.step for m in linked} == {2}
+    for key in ("valid_acc", "test_acc"):
+        assert len(client.get_metric_history(run_id, key)) == 1

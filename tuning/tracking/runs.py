@@ -215,8 +215,16 @@ def link_model_metrics(client: MlflowClient, run_id: str, model_id: str,
     if not result:
         return
     metrics, step, timestamp_ms = result_metrics(result)
-    log_metrics(client, run_id, metrics, step=step, timestamp_ms=timestamp_ms,
-                model_id=model_id)
+    if "timestamp" in result:
+        log_metrics(client, run_id, metrics, step=step, timestamp_ms=timestamp_ms,
+                    model_id=model_id)
+        return
+    # A result restored from a snapshot (--resume) has no time: each point's own is read.
+    for key in metrics:
+        points = [m for m in client.get_metric_history(run_id, key) if m.step == step]
+        if points:
+            log_metrics(client, run_id, {key: points[-1].value}, step=step,
+                        timestamp_ms=points[-1].timestamp, model_id=model_id)
 
 
 def set_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
