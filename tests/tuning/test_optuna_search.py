@@ -222,6 +222,7 @@ def _get_json(url: str, *, deadline: float) -> dict:
 def _write_study(url: str) -> int:
     storage = open_storage(url)
     search = searcher(storage=storage, study_name="dash")
+    search.describe_study({"theme_name": "digits"})
     search.suggest("t1")
     search.tag_trial("t1", {MLFLOW_RUN_ATTR: "child-run"})
     search.on_trial_result("t1", epoch(1, acc=0.4))
@@ -252,6 +253,11 @@ def test_optuna_dashboard_shows_intermediate_values_and_links(tmp_path):
             server.terminate()
             server.wait(timeout=10)
     assert detail["has_intermediate_values"] is True
+    # The objective by its metric's name, not "Objective 0"; what the study is about.
+    assert detail["objective_names"] == ["test_acc"]
+    study_attrs = {a["key"]: a["value"] for a in detail["user_attrs"]}
+    assert study_attrs["theme_name"] == "digits"
+    assert study_attrs["intermediate_values"] == "valid_acc after each epoch (step = epoch)"
     [trial] = detail["trials"]
     assert trial["intermediate_values"] == [{"step": 1, "value": 0.4}, {"step": 2, "value": 0.6}]
     attrs = {a["key"]: a["value"] for a in trial["user_attrs"]}
