@@ -3,6 +3,7 @@ service, on the demo digits theme, with the same search space, trial budget and 
 
     python -m bench.time_to_accuracy [--quick] [--trials N] [--epochs E] [--steps S]
                                      [--repeats R] [--order ...]
+    python -m bench.time_to_accuracy --warm [--quick] ...   (bench.warm_vs_cold)
 
 original         what ../shared/seed describes: optuna.create_study + study.optimize, one
                  trial at a time in one process (torch on all cores), no pruning, an MLflow
@@ -441,6 +442,11 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--original-threads",
                    help="comma-separated torch thread counts for the original, 'default' = "
                         "torch's default (one per core); quick: 1, else default,1")
+    p.add_argument("--warm", action="store_true",
+                   help="the warm variant (bench.warm_vs_cold): a first study of "
+                        "--first-trials, then warm-started vs cold studies of --trials")
+    p.add_argument("--first-trials", type=int, default=10,
+                   help="--warm: trials of the first study (10)")
     p.add_argument("--order", default=f"{ORIGINAL},{NO_ASHA},{ASHA}",
                    help=f"order of the variants in round 1, reversed in round 2, ... "
                         f"(default {ORIGINAL},{NO_ASHA},{ASHA}; {NO_ASHA}, if left out, "
@@ -509,6 +515,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_logs()
     info = machine_info()
+    if args.warm:
+        return main_warm(args, info)
     print(f"bench.time_to_accuracy: demo digits at {args.image_size}px, {args.trials} trials "
           f"x {args.epochs} epochs (steps/epoch: {args.steps or 'all'}); service: "
           f"{args.concurrency} at once, without and with ASHA; {args.repeats} round(s), "
@@ -528,6 +536,21 @@ def main(argv: list[str] | None = None) -> int:
     check = first_configs(runs, args.trials)
     print_configs(check)
     report(args, info, runs, setup, target, levels, curve, check)
+    return 0
+
+
+def main_warm(args, info) -> int:
+    from bench import warm_vs_cold
+
+    print(f"bench.time_to_accuracy --warm: demo digits at {args.image_size}px; a first "
+          f"study of {args.first_trials} trials, then warm-started vs cold studies of "
+          f"{args.trials} trials x {args.epochs} epochs (steps/epoch: {args.steps or 'all'}), "
+          f"{args.concurrency} at once, no scheduler; {args.repeats} round(s)")
+    print_machine(info)
+    found = warm_vs_cold.measure(args)
+    info["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    print(f"load avg at start {info['loadavg_at_start']}, at end {info['loadavg_at_end']}")
+    warm_vs_cold.report(args, info, found)
     return 0
 
 
