@@ -251,7 +251,6 @@ JA = {
         "（manage.py axes_reset_username）。",
     "Back to the login page": "ログインページに戻る",
     # The settings screen: the search space rows and the fixed parameters (issue 19).
-    "Epochs": "エポック数",
     "Passes over the training split per trial.": "試行ごとに学習データを何周するか。",
     "Image size (px)": "画像サイズ（px）",
     "Images are resized to this square side.": "画像はこの一辺の正方形に縮小・拡大されます。",
