@@ -28,15 +28,20 @@ demo: install
 	theme_id=$$($(PY) manage.py import_demo_theme --exist-ok | tail -n 1) && \
 	$(PY) launch.py --configs $(DEMO_CONFIGS) --theme-id $$theme_id
 
-# The whole suite, what CI runs: lint first (seconds), then every test.
+# The whole suite, what CI runs: lint first (seconds), then every test. Most of a
+# test's time is spent waiting (Ray and servers starting, trials, subprocesses), so
+# three workers share the 2 cores; a file's tests stay on one worker (--dist loadfile),
+# which keeps module fixtures (a cluster, a finished study) built once. TEST_WORKERS=0
+# runs it in one process.
+TEST_WORKERS ?= 3
 test: install browser postgres lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The edit-test loop: unit and in-process tests only (no Ray, browser, multi-node
 # cluster, PostgreSQL or other slow test); a few minutes on 2 cores.
 FAST := not ray and not browser and not cluster and not postgres and not slow
 test-fast: install
-	$(PY) -m pytest -q -m "$(FAST)"
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "$(FAST)"
 
 lint: install
 	$(VENV)/bin/ruff check .

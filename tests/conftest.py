@@ -111,14 +111,29 @@ def config_dir(tmp_path) -> Path:
     return tiny_config_files(tmp_path / "configs")
 
 
+def _start_local_ray(ray, attempts: int = 3) -> None:
+    # Ray gives a raylet 30 s to register (hard-coded in ray._private.node); when
+    # `make test`'s parallel workers start their clusters on 2 busy cores it can miss
+    # that, and every test of the worker would then error on this one fixture.
+    for attempt in range(1, attempts + 1):
+        try:
+            # address="local": never join a cluster some `ray start` left on the machine.
+            ray.init(address="local", num_cpus=2, include_dashboard=False,
+                     log_to_driver=False)
+            return
+        except Exception as exc:
+            if "timed out during startup" not in str(exc) or attempt == attempts:
+                raise
+            ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One real local Ray cluster (2 CPUs) shared by the tests that run studies."""
     import ray
 
     if not ray.is_initialized():
-        # address="local": never join a cluster some `ray start` left on the machine.
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        _start_local_ray(ray)
     yield ray
     ray.shutdown()
 
