@@ -19,6 +19,7 @@ import django  # noqa: E402
 django.setup()
 
 import launch  # noqa: E402
+from data_access import selectors  # noqa: E402
 from data_access.models import Theme, TuningStudy, TuningTrial  # noqa: E402
 from data_access.recorder import DjangoStudyRecorder  # noqa: E402
 from tests.conftest import theme_from_folder, tiny_config_files  # noqa: E402
@@ -28,6 +29,8 @@ from tuning.errors import ThemetuneError  # noqa: E402
 from tuning.study import WARM_START_TAG, prepare_study, run_study  # noqa: E402
 from tuning.tracking.progress import ProgressDisplay  # noqa: E402
 from tuning.warm_start import carry  # noqa: E402
+from web.forms import StudyForm  # noqa: E402
+from web.launch.start import _launch_args  # noqa: E402
 
 THEME = "warm_digits"
 LR = "training.learning_rate"
@@ -209,3 +212,14 @@ def test_refusals(studies):
         assert said in line and "key '--warm-start'" in line and "Fix:" in line, line
     with pytest.raises(ThemetuneError, match="resumed study"):
         launch.read_warm_sources(("theme",), config, theme, resuming=True)
+
+
+def test_the_web_form_lists_the_studies_and_preselects_the_champion(studies):
+    theme, source = studies["theme"], studies["source"]
+    themes = [t for t in selectors.theme_list() if t.id == theme.id]
+    form = StudyForm(initial={"theme": theme.id}, themes=themes, presets=[])
+    offered = dict(form.fields["warm_start"].choices)
+    assert "champion" in offered and f"study:{source.id}" in offered
+    assert form.initial["warm_start"] == ["champion"]
+    assert _launch_args(theme.id, 9, "configs", ["champion", f"study:{source.id}"])[-2:] == \
+        ["--warm-start", f"champion,study:{source.id}"]
