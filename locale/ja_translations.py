@@ -19,6 +19,10 @@ JA = {
         "再開しました。終了した試行はそのまま、残りの試行は最後のチェックポイントから続きます。",
     "Theme": "テーマ",
     "Start from": "初期値",
+    "Start from earlier studies": "以前のスタディから開始",
+    "launch.py --warm-start: their finished trials are given to the searcher; the champion's parameters are tried first.":
+        "launch.py --warm-start：終了した試行を探索器に渡します。チャンピオンのパラメータを最初に試します。",
+    "the theme's champion": "テーマのチャンピオン",
     "A folder of configs/ whose files fill this form.": "このフォームに読み込む configs/ のフォルダ。",
     "Study name": "スタディ名",
     "Optuna study name (study.name).": "Optuna のスタディ名（study.name）。",

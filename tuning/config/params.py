@@ -256,6 +256,7 @@ def params_with_sample(base: dict[str, Any], sample: dict[str, Any]) -> dict[str
         tree = set_dotted(tree, dotted, value)
     return tree
 
+
 # ------------------------------------------------------------ the tunable keys, described
 
 # One line per key that a search space may tune (known_param_paths), for the web UI's
