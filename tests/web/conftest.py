@@ -9,7 +9,9 @@ and its live server read.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
+from html import unescape
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,9 @@ import django  # noqa: E402
 django.setup()
 
 from tests.conftest import tiny_config_files, write_digits_folder  # noqa: E402
+from tuning.config import ConfigFiles, Overrides, load_study_config  # noqa: E402
+from tuning.errors import ConfigError  # noqa: E402
+from web import study_configs  # noqa: E402
 
 SCREENSHOTS = ROOT / "test-output" / "screenshots"
 PASSWORD = "tune-pass-123"
@@ -142,3 +147,25 @@ def chromium_path() -> str | None:
     if not path.exists():
         subprocess.run(["make", "-C", str(ROOT), "browser"], capture_output=True, timeout=900)
     return str(path) if path.exists() else None
+
+
+# What the new-study page says about one search-space row, and what launch.py says
+# about the files the same form values write: the two must agree.
+def row_error(response, index: int) -> str:
+    page = response.content.decode()
+    match = re.search(rf'id="row-params-{index}".*?<div class="fielderror row-error" '
+                      rf'role="alert">(.*?)</div>', page, re.S)
+    assert match, f"no error shown at row {index}"
+    return unescape(match.group(1)).strip()
+
+
+def cli_error(values, theme_id, tmp_path) -> str:
+    """What `launch.py` says about the files of the same values."""
+    folder = tmp_path / "cli"
+    folder.mkdir(exist_ok=True)
+    for name, text in study_configs.compose(values, tmp_path, theme_id=theme_id).items():
+        (folder / name).write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_study_config(ConfigFiles.in_folder(folder), Overrides(theme_id=theme_id))
+    exc = info.value
+    return ConfigError(exc.message, file=Path(exc.file).name, key=exc.key, fix=exc.fix).one_line()

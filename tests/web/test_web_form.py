@@ -12,9 +12,8 @@ import yaml
 from django.urls import reverse
 
 from data_access.models import TuningStudy
-from tests.web.conftest import form_data
+from tests.web.conftest import cli_error, form_data, row_error
 from tuning.config import ConfigFiles, Overrides, load_study_config
-from tuning.errors import ConfigError
 from web import study_configs
 
 pytestmark = pytest.mark.django_db
@@ -39,27 +38,6 @@ def field_error(response, field: str) -> str:
                       page, re.S)
     assert match, f"no error shown at field {field!r}"
     return unescape(match.group(1)).strip()
-
-
-def row_error(response, index: int) -> str:
-    page = response.content.decode()
-    match = re.search(rf'id="row-params-{index}".*?<div class="fielderror row-error" '
-                      rf'role="alert">(.*?)</div>', page, re.S)
-    assert match, f"no error shown at row {index}"
-    return unescape(match.group(1)).strip()
-
-
-def cli_error(values, theme_id, tmp_path) -> str:
-    """What `launch.py` says about the same files."""
-    texts = study_configs.compose(values, tmp_path, theme_id=theme_id)
-    folder = tmp_path / "cli"
-    folder.mkdir()
-    for name, text in texts.items():
-        (folder / name).write_text(text)
-    with pytest.raises(ConfigError) as info:
-        load_study_config(ConfigFiles.in_folder(folder), Overrides(theme_id=theme_id))
-    exc = info.value
-    return ConfigError(exc.message, file=Path(exc.file).name, key=exc.key, fix=exc.fix).one_line()
 
 
 @pytest.mark.parametrize("field, change, expected", [

@@ -16,11 +16,17 @@ from django.urls import reverse
 
 from data_access import selectors
 from data_access.models import TuningStudy
-from tests.web.conftest import PASSWORD, SCREENSHOTS, form_data, tiny_config_files
+from tests.web.conftest import (
+    PASSWORD,
+    SCREENSHOTS,
+    cli_error,
+    form_data,
+    row_error,
+    tiny_config_files,
+)
 from tests.web.test_web_browser import browser_page  # noqa: F401  (a fixture)
-from tuning.config import ConfigFiles, Overrides, load_study_config
+from tuning.config import ConfigFiles, load_study_config
 from tuning.config.params import tunable_keys
-from tuning.errors import ConfigError
 from web import forms, launch, study_configs
 from web.launch import local
 
@@ -42,26 +48,6 @@ def values(theme, preset):
 def post(client, user, data):
     client.force_login(user)
     return client.post(reverse("study_new"), data)
-
-
-def row_error(response, index: int) -> str:
-    page = response.content.decode()
-    match = re.search(rf'id="row-params-{index}".*?<div class="fielderror row-error" '
-                      rf'role="alert">(.*?)</div>', page, re.S)
-    assert match, f"no error shown at row {index}"
-    return unescape(match.group(1)).strip()
-
-
-def cli_error(values, theme_id, tmp_path) -> str:
-    """What `launch.py` says about the files of the same values."""
-    folder = tmp_path / "cli"
-    folder.mkdir(exist_ok=True)
-    for name, text in study_configs.compose(values, tmp_path, theme_id=theme_id).items():
-        (folder / name).write_text(text)
-    with pytest.raises(ConfigError) as info:
-        load_study_config(ConfigFiles.in_folder(folder), Overrides(theme_id=theme_id))
-    exc = info.value
-    return ConfigError(exc.message, file=Path(exc.file).name, key=exc.key, fix=exc.fix).one_line()
 
 
 # ---------------------------------------------------------------- files <-> form
