@@ -171,10 +171,32 @@ def _no_exported_run_id(monkeypatch):
 _FIXTURE_MARKERS = {"ray_local": "ray", "ray_local_join": "ray", "postgres": "postgres"}
 
 
-# How long a file's tests take, roughly, by the heaviest marker among them: `make test`
-# runs files in parallel (pytest-xdist, --dist loadfile), and a long file that starts
-# last makes everyone wait for it.
-_FILE_WEIGHT = {"cluster": 0, "ray": 1, "postgres": 1, "browser": 2, "slow": 3}
+# `make test` runs files in parallel (pytest-xdist, --dist loadfile) and hands them out
+# in collection order, so the longest go first: one that started last would keep the
+# run waiting for it. Files over about a minute, longest first, from one serial run
+# (2 cores, 2026-12-02; bench/README.md); the rest follow by their heaviest marker.
+_LONGEST_FIRST = [
+    "cluster/test_cluster_nodes.py", "reliability/test_reliability_s3_resume.py",
+    "cluster/test_cluster_jobs.py", "test_launch_promises.py",
+    "reliability/test_reliability_mlflow_outage.py", "web/test_web_browser.py",
+    "web/test_web_ray_job.py", "test_launch.py", "reliability/test_reliability_lease.py",
+    "reliability/test_reliability_resume.py", "test_launch_contract.py",
+    "tuning/test_warm_start.py", "tuning/test_mlflow_model_centric.py",
+    "tuning/test_model_evidence.py", "reliability/test_reliability_database.py",
+    "tuning/test_study.py", "tuning/test_registered_model.py",
+    "reliability/test_reliability_trials.py", "test_hardening_inputs.py",
+    "web/test_web_cancel.py", "reliability/test_hardening_lease.py",
+]
+_MARKER_WEIGHT = {"cluster": 0, "ray": 1, "postgres": 1, "browser": 2, "slow": 3}
+
+
+def _file_rank(item) -> int:
+    path = Path(str(item.fspath)).relative_to(Path(__file__).parent).as_posix()
+    if path in _LONGEST_FIRST:
+        return _LONGEST_FIRST.index(path)
+    marks = {m.name for m in item.iter_markers()} & _MARKER_WEIGHT.keys()
+    return len(_LONGEST_FIRST) + min([_MARKER_WEIGHT[m] for m in marks],
+                                     default=len(_MARKER_WEIGHT))
 
 
 def pytest_collection_modifyitems(config, items):
@@ -185,10 +207,8 @@ def pytest_collection_modifyitems(config, items):
         callspec = getattr(item, "callspec", None)
         if callspec and any("postgres" in str(v) for v in callspec.params.values()):
             item.add_marker("postgres")
-    weight: dict[str, int] = {}
+    rank: dict[str, int] = {}
     for item in items:
-        marks = {m.name for m in item.iter_markers()} & _FILE_WEIGHT.keys()
-        ranks = [_FILE_WEIGHT[m] for m in marks] or [len(_FILE_WEIGHT)]
-        weight[item.fspath] = min(weight.get(item.fspath, len(_FILE_WEIGHT)), *ranks)
-    # Stable: within a weight, files keep their order, and tests within a file theirs.
-    items.sort(key=lambda item: weight[item.fspath])
+        rank[item.fspath] = min(rank.get(item.fspath, 10**6), _file_rank(item))
+    # Stable: within a rank, files keep their order, and tests within a file theirs.
+    items.sort(key=lambda item: rank[item.fspath])
