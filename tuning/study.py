@@ -603,13 +603,15 @@ def _finish_study(plan: StudyPlan, study_runs: runs.MlflowStudy, ledger: StudyLe
     best = ledger.best()
     if best is None:
         counts = ledger.counts()
-        # A metric that no finished trial reported is a config mistake; trials that were
-        # all stopped (by --timeout or the scheduler) before their last epoch are not.
+        # A metric that no finished trial reported, when they reported others, is a
+        # config mistake; trials that were all stopped (by --timeout or the scheduler)
+        # before their last epoch, or never started before --timeout, are not.
         stopped = counts["FAIL"] + counts["KILLED"] + counts["PRUNED"]
-        if config.study.metric not in ledger.metrics_seen and not stopped:
+        if ledger.metrics_seen and config.study.metric not in ledger.metrics_seen \
+                and not stopped:
             raise MetricError(
                 f"metric {config.study.metric!r} was never reported; the trials reported: "
-                f"{', '.join(sorted(ledger.metrics_seen)) or 'nothing'}.",
+                f"{', '.join(sorted(ledger.metrics_seen))}.",
                 file=str(config.files.optuna_params), key="study.metric",
                 fix=f"use one of: {', '.join(REPORTED_METRICS)}.")
         errors = [r.error for r in ledger.trials.values() if r.error]

@@ -108,8 +108,6 @@ class StudyCallback(tune.Callback):
         record = self.ledger.get(trial.trial_id)
         if record is None or record.state in FINAL_STATES:
             return
-        record.last_result = result
-        # Read as the trial's logged model links them later (runs.link_model_metrics).
         metrics, epoch, timestamp_ms = runs.result_metrics(result)
         self.ledger.metrics_seen.update(metrics)
         client = self.mlflow.client
@@ -132,7 +130,14 @@ class StudyCallback(tune.Callback):
         if tags:
             runs.set_tags(client, record.child_run_id, tags)
         # A retried trial re-reports epochs after its checkpoint: log each step once.
-        if epoch not in record.epochs_logged:
+        # The trial's logged model links the last result's points later
+        # (runs.link_model_metrics): as logged, or, for an epoch logged before (by this
+        # driver or one before a resume), without its time, so that the run's own
+        # points are linked and no second point is added.
+        if epoch in record.epochs_logged:
+            record.last_result = {k: v for k, v in result.items() if k != "timestamp"}
+        else:
+            record.last_result = result
             record.epochs_logged.add(epoch)
             runs.log_metrics(client, record.child_run_id, metrics, step=epoch,
                              timestamp_ms=timestamp_ms)
