@@ -31,11 +31,12 @@ demo: install
 # The whole suite, what CI runs: lint first (seconds), then every test. Most of a
 # test's time is spent waiting (Ray and servers starting, trials, subprocesses), so
 # three workers share the 2 cores; a file's tests stay on one worker (--dist loadfile),
-# which keeps module fixtures (a cluster, a finished study) built once. TEST_WORKERS=0
+# which keeps module fixtures (a cluster, a finished study) built once, in the order
+# tests/conftest.py gives (xdist would reorder by test count). TEST_WORKERS=0
 # runs it in one process.
 TEST_WORKERS ?= 3
 test: install browser postgres lint
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The edit-test loop: unit and in-process tests only (no Ray, browser, multi-node
 # cluster, PostgreSQL or other slow test); a few minutes on 2 cores.
