@@ -273,11 +273,13 @@ def _run(args: argparse.Namespace) -> int:
         record_id = record_id or resume.record_id
     config = load_study_config(files, overrides)
     from tuning.cluster import check_resources, job_submission_id
+    from tuning.recovery.lease import stale_after_s
     from tuning.storage import check_study_places
 
     check_resources(config.infra, file=str(files.config))
     # Checks that need neither torch, Optuna nor MLflow loaded: a mistake is told at once.
     check_study_places(config, study_name=study_name, storage_url=storage)
+    stale_after_s()
     theme = load_theme(config.theme_id)
     check_record(record_id)   # before anything: the dry run refuses what the run would
     sources = read_warm_sources(args.warm_start, config, theme, record_id=record_id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -60,9 +61,45 @@ def make_site(folder: Path, images: Path, *, theme_name: str) -> dict:
     return {"folder": folder, "env": env, "theme_id": int(out.stdout.strip().splitlines()[-1])}
 
 
+# What the suite writes stays small: pyproject.toml's tmp_path_retention_policy removes
+# a passing test's tmp_path, and _module_folders_go_after_their_module removes the
+# folders a module's fixtures made with tmp_path_factory once the module has passed.
+# A whole run kept 7 to 14 GB before (mostly ResNet18 checkpoints with Adam's state,
+# 134 MB each), and CI ran out of disk. A session-scoped fixture must make its folder
+# with session_folder(), or the first module that asked for it would remove it.
+_SESSION_FOLDERS: set[Path] = set()
+_FAILED_MODULES: set[str] = set()
+
+
+def session_folder(tmp_path_factory, name: str) -> Path:
+    folder = tmp_path_factory.mktemp(name)
+    _SESSION_FOLDERS.add(folder)
+    return folder
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed:
+        _FAILED_MODULES.add(str(item.fspath))
+    return report
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_folders_go_after_their_module(request, tmp_path_factory):
+    base = tmp_path_factory.getbasetemp()
+    before = set(base.iterdir())
+    yield
+    if str(request.node.fspath) in _FAILED_MODULES:
+        return  # kept for whoever reads the failure
+    for folder in set(base.iterdir()) - before - _SESSION_FOLDERS:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def digits_folder(tmp_path_factory) -> Path:
-    return write_digits_folder(tmp_path_factory.mktemp("digits"), per_class=24, classes=4)
+    return write_digits_folder(session_folder(tmp_path_factory, "digits"), per_class=24,
+                               classes=4)
 
 
 @pytest.fixture(scope="session")

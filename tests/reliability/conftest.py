@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_site
+from tests.conftest import make_site, session_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -15,4 +15,4 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="session")
 def site(tmp_path_factory, digits_folder):
     """A migrated SQLite DB holding one imported theme, and the env that points at it."""
-    return make_site(tmp_path_factory.mktemp("site"), digits_folder, theme_name="crash_digits")
+    return make_site(session_folder(tmp_path_factory, "site"), digits_folder, theme_name="crash_digits")

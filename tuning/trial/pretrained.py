@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torchvision import models
-from torchvision.models import WeightsEnum
 
 from tuning.config.params import has_dotted
 from tuning.errors import ConfigError
@@ -26,17 +24,23 @@ from tuning.trial.model import LOAD_ERRORS, load_problem
 
 # Pinned, not `.DEFAULT`: each is torchvision's DEFAULT today (0.29), and pinning keeps
 # the file a cluster was given valid when a torchvision upgrade moves DEFAULT on.
-IMAGENET_WEIGHTS: dict[str, WeightsEnum] = {
-    "ResNet18": models.ResNet18_Weights.IMAGENET1K_V1,
-    "ResNet50": models.ResNet50_Weights.IMAGENET1K_V2,
-    "ResNet101": models.ResNet101_Weights.IMAGENET1K_V2,
-}
-_ARCHITECTURES = {"ResNet18": models.resnet18, "ResNet50": models.resnet50,
-                  "ResNet101": models.resnet101}
+_IMAGENET_WEIGHTS = {"ResNet18": ("ResNet18_Weights", "IMAGENET1K_V1"),
+                     "ResNet50": ("ResNet50_Weights", "IMAGENET1K_V2"),
+                     "ResNet101": ("ResNet101_Weights", "IMAGENET1K_V2")}
 # The keys whose combinations decide which trials start pretrained or frozen.
 _MODEL_KEYS = ("model.name", "model.pretrained", "model.freeze_backbone", "model.weights")
 
 StateDict = dict[str, torch.Tensor]
+
+
+def imagenet_weights(name: str):
+    """torchvision's weights enum member for an architecture name. torchvision is loaded
+    here, on first use: its import costs a driver about 3 s of CPU (torchvision.ops
+    loads torch._dynamo), and most studies start no pretrained model."""
+    from torchvision import models
+
+    enum_name, member = _IMAGENET_WEIGHTS[name]
+    return getattr(getattr(models, enum_name), member)
 
 
 def cache_folder() -> Path:
@@ -45,7 +49,7 @@ def cache_folder() -> Path:
 
 
 def file_name(name: str) -> str:
-    return Path(IMAGENET_WEIGHTS[name].url).name
+    return Path(imagenet_weights(name).url).name
 
 
 def weights_file(name: str) -> Path:
@@ -53,7 +57,7 @@ def weights_file(name: str) -> Path:
 
 
 def fetch_command(name: str) -> str:
-    weights = IMAGENET_WEIGHTS[name]
+    weights = imagenet_weights(name)
     return (f'python -c "import torchvision; torchvision.models.{type(weights).__name__}.'
             f'{weights.name}.get_state_dict()"')
 
@@ -63,7 +67,7 @@ def load_imagenet_state(name: str) -> StateDict:
 
     The file is checked first: torchvision would otherwise try to download it.
     """
-    weights = IMAGENET_WEIGHTS[name]
+    weights = imagenet_weights(name)
     path = weights_file(name)
     if not path.is_file():
         raise missing_weights_error([name])
@@ -84,8 +88,10 @@ def load_imagenet_state(name: str) -> StateDict:
 def _check_matches_architecture(name: str, state: Any, path: Path) -> None:
     """A file under torchvision's name must hold that architecture's 1000-class weights."""
     # Built on the meta device: shapes only, no memory and no time spent on init.
+    from torchvision import models
+
     with torch.device("meta"):
-        expected = {k: v.shape for k, v in _ARCHITECTURES[name]().state_dict().items()}
+        expected = {k: v.shape for k, v in getattr(models, name.lower())().state_dict().items()}
     if not isinstance(state, dict):
         problem = f"it holds a {type(state).__name__}, not a state_dict"
     else:
@@ -97,14 +103,14 @@ def _check_matches_architecture(name: str, state: Any, path: Path) -> None:
     if problem:
         raise ConfigError(f"pretrained weights file {path} does not hold torchvision's "
                           f"{name} ImageNet weights ({problem}).", key="model.pretrained",
-                          fix=f"fetch it again from {IMAGENET_WEIGHTS[name].url}.")
+                          fix=f"fetch it again from {imagenet_weights(name).url}.")
 
 
 def missing_weights_error(names: list[str], *, file: str | None = None,
                           key: str = "model.pretrained") -> ConfigError:
     folder = cache_folder()
     files = ", ".join(f"{file_name(n)} ({n})" for n in names)
-    urls = " and ".join(IMAGENET_WEIGHTS[n].url for n in names)
+    urls = " and ".join(imagenet_weights(n).url for n in names)
     return ConfigError(
         f"pretrained ImageNet weights not found in the torch hub cache {folder}: {files}; "
         f"nothing is downloaded here.", file=file, key=key,
@@ -169,7 +175,7 @@ def check_model_choices(config, *, warn: Callable[[str], None]) -> list[str]:
         warn("some tuned combinations freeze a backbone that has no pretrained weights "
              "(model.freeze_backbone true with model.pretrained false): those trials train "
              "only the classifier, on random features.")
-    return sorted({c.name for c in choices if c.pretrained}, key=list(IMAGENET_WEIGHTS).index)
+    return sorted({c.name for c in choices if c.pretrained}, key=list(_IMAGENET_WEIGHTS).index)
 
 
 def check_weights_files(config) -> None:
