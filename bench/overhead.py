@@ -153,7 +153,7 @@ class Timeline:
         self.snapshot_s = 0.0          # Tune's experiment-state snapshots (driver loop)
         self.snapshots = 0
         self.searcher_s = 0.0          # StudySearch result/complete hooks
-        self.model_log_s = 0.0         # trial models logged (background thread)
+        self.model_log_s = 0.0         # trial models logged (in on_trial_complete)
 
 
 def timing_callback_class():
@@ -324,7 +324,30 @@ def run_service(plan, trainable, *, reuse_actors: bool | None) -> dict[str, Any]
             raise
         t1 = time.time()
     return {"t0": t0, "t1": t1, "timeline": timeline, "counts": outcome.counts,
-            "best_value": outcome.best_value, "outcome": outcome}
+            "best_value": outcome.best_value, "outcome": outcome,
+            "disk": study_disk(plan, outcome, since=t0)}
+
+
+def study_disk(plan, outcome, *, since: float) -> dict[str, int]:
+    """What a finished study leaves on disk: the Tune checkpoints in its experiment
+    folder (the newest under ray.storage_path) and the models it logged to MLflow."""
+    from mlflow.tracking import MlflowClient
+
+    storage = Path(plan.config.infra.ray.storage_path)
+    experiment = max((p for p in storage.iterdir() if p.is_dir()
+                      and p.name.startswith(plan.study_name)), key=lambda p: p.stat().st_mtime)
+    checkpoints = [p for p in experiment.glob("*/checkpoint_*") if p.is_dir()]
+    models = [m for m in MlflowClient().search_logged_models(
+        experiment_ids=[outcome.experiment_id]) if m.creation_timestamp >= since * 1000]
+    return {"checkpoints_kept": len(checkpoints),
+            "checkpoint_bytes": sum(_folder_bytes(p) for p in checkpoints),
+            "models_logged": len(models),
+            "model_bytes": sum(_folder_bytes(Path(m.artifact_location.removeprefix("file://")))
+                               for m in models)}
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
 def run_bare_tune(plan, trainable) -> dict[str, Any]:
@@ -399,8 +422,18 @@ def summarize(name: str, run: dict[str, Any], *, n_trials: int, work_total: floa
         "searcher_per_trial_ms": 1000 * t.searcher_s / n_trials,
         "model_log_per_trial_ms": 1000 * t.model_log_s / n_trials,
         "hook_s": {k: round(v, 3) for k, v in t.hook_s.items()},
+        **_disk_figures(run.get("disk"), n_trials),
         "per_trial_median_s": trial_lifecycle(t),
     }
+
+
+def _disk_figures(disk: dict[str, int] | None, n_trials: int) -> dict[str, Any]:
+    if disk is None:   # bare Tune: its checkpoints are its own business
+        return {}
+    return {"checkpoints_kept": disk["checkpoints_kept"], "models_logged": disk["models_logged"],
+            "disk_per_trial_mb": (disk["checkpoint_bytes"] + disk["model_bytes"])
+            / n_trials / 2**20,
+            "checkpoint_mb": disk["checkpoint_bytes"] / 2**20}
 
 
 def trial_lifecycle(t: Timeline) -> dict[str, float | None]:
@@ -553,8 +586,8 @@ NOT_MEASURED = (
     "and fresh-actor start (reused actors on both sides: see bench.data), GPU placement, "
     "remote storage or a remote MLflow/DB server (all local files here), ASHA pruning, "
     "retries and resume. 'driver' is time on Tune's event loop (callback hooks incl. DB "
-    "writes, searcher hooks, experiment snapshots); models are logged on a background "
-    "thread, which competes for the same CPUs (its time is shown apart).")
+    "writes and the trial models logged in on_trial_complete, searcher hooks, experiment "
+    "snapshots); 'model log' is the models' part of it, shown apart.")
 
 
 def report(results, args, setup, info) -> dict[str, Any]:
@@ -590,6 +623,13 @@ def report(results, args, setup, info) -> dict[str, Any]:
             for k in large[0]["per_trial_median_s"]]
     print(table(["per trial (median s), large study"] + args.variants, life))
     print()
+    print(table(["variant", "trials", "checkpoints kept", "checkpoints MB", "models logged",
+                 "disk MB per trial"],
+                [[s["variant"], s["trials"], s["checkpoints_kept"], s["checkpoint_mb"],
+                  s["models_logged"], s["disk_per_trial_mb"]]
+                 for s in results if "checkpoints_kept" in s],
+                title="what each finished study keeps (checkpoints and logged models)"))
+    print()
     print(NOT_MEASURED)
     return figures(results, args, steady, info, setup)
 
@@ -607,9 +647,12 @@ def figures(results, args, steady, info, setup) -> dict[str, Any]:
     vs_bare = large["steady_per_trial_s"] / bare["steady_per_trial_s"] if bare else None
     growth = large["driver_per_trial_ms"] / small["driver_per_trial_ms"]
     first = median([s["first_result_s"] for s in results if s["variant"] == "service"])
+    kept = max(s["checkpoints_kept"] for s in results if s["variant"] == "service")
     verdict = {"ratio <= 1.10": large["ratio"] <= TARGET,
                "vs_bare_tune <= 1.05": vs_bare is not None and vs_bare <= 1.05,
-               "trial_cost_growth <= 1.05": growth <= 1.05}
+               "trial_cost_growth <= 1.05": growth <= 1.05,
+               "driver_per_trial_s <= 0.2": large["driver_per_trial_ms"] <= 200,
+               "checkpoints_kept <= 1": kept <= 1}
     print(f"ratio (service, {args.sizes[1]} trials) {large['ratio']:.3f}; vs bare Tune "
           f"(steady state) {vs_bare if vs_bare is None else round(vs_bare, 3)}; "
           f"trial_cost_growth {growth:.3f}; first result {first:.2f} s; targets: {verdict}")
@@ -622,6 +665,9 @@ def figures(results, args, steady, info, setup) -> dict[str, Any]:
                                     "completions after the first quarter, service / bare "
                                     "Tune with reuse_actors=True",
             "trial_cost_growth": round(growth, 4),
+            "driver_per_trial_s": round(large["driver_per_trial_ms"] / 1000, 4),
+            "checkpoints_kept": kept,
+            "disk_per_trial_mb": round(large["disk_per_trial_mb"], 2),
             "trial_cost_growth_meaning": "driver ms per trial, larger / smaller study",
             "first_result_s": round(first, 3),
             "steady_state": steady, "quick": args.quick, "sizes": args.sizes,

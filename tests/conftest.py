@@ -67,13 +67,16 @@ def make_site(folder: Path, images: Path, *, theme_name: str) -> dict:
 # A whole run kept 7 to 14 GB before (mostly ResNet18 checkpoints with Adam's state,
 # 134 MB each), and CI ran out of disk. A session-scoped fixture must make its folder
 # with session_folder(), or the first module that asked for it would remove it.
-_SESSION_FOLDERS: set[Path] = set()
+_SESSION_MARK = ".session"
 _FAILED_MODULES: set[str] = set()
 
 
 def session_folder(tmp_path_factory, name: str) -> Path:
+    # A mark beside the folder (not in it: the folder may be imported as a theme), not a
+    # set here: a conftest that imports this module by its package name gets a second
+    # copy of its globals.
     folder = tmp_path_factory.mktemp(name)
-    _SESSION_FOLDERS.add(folder)
+    folder.with_name(folder.name + _SESSION_MARK).touch()
     return folder
 
 
@@ -92,8 +95,10 @@ def _module_folders_go_after_their_module(request, tmp_path_factory):
     yield
     if str(request.node.fspath) in _FAILED_MODULES:
         return  # kept for whoever reads the failure
-    for folder in set(base.iterdir()) - before - _SESSION_FOLDERS:
-        shutil.rmtree(folder, ignore_errors=True)
+    for folder in set(base.iterdir()) - before:
+        if folder.suffix != _SESSION_MARK and \
+                not folder.with_name(folder.name + _SESSION_MARK).exists():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -110,8 +115,13 @@ def digits_theme(digits_folder) -> ThemeSpec:
 def tiny_config_files(folder: Path, *, n_trials: int = 2, epochs: int = 1,
                       study: dict | None = None, space: dict | None = None,
                       base: dict | None = None, params: dict | None = None,
-                      infra: dict | None = None, augments: dict | None = None) -> Path:
-    """The four YAML files for a run that takes seconds: 16 px gray, ResNet18, CPU."""
+                      infra: dict | None = None, augments: dict | None = None,
+                      light_checkpoints: bool = False) -> Path:
+    """The four YAML files for a run that takes seconds: 16 px gray, ResNet18, CPU.
+
+    light_checkpoints: SGD without momentum, which keeps no optimizer state, in place of
+    the tuned Adam/AdamW: a checkpoint of 45 MB, not 134, written every epoch (for tests
+    whose trials run many epochs or checkpoint to a slow store)."""
     folder.mkdir(parents=True, exist_ok=True)
     optuna_params = {
         "study": {"name": "tiny", "direction": "maximize", "metric": "test_acc",
@@ -138,6 +148,10 @@ def tiny_config_files(folder: Path, *, n_trials: int = 2, epochs: int = 1,
             "cache_dir": str(folder / "cache")},
         "augments.yaml": augments if augments is not None else {"random_crop_padding": 1},
     }
+    if light_checkpoints:
+        optuna_params["params_to_tune"].pop("training.optimizer", None)
+        optuna_params["base_params"].setdefault("training", {}).update(
+            optimizer="SGD", momentum=0.0)
     for name, data in files.items():
         (folder / name).write_text(yaml.safe_dump(data, sort_keys=False))
     return folder

@@ -9,13 +9,18 @@ from torch import nn
 ARCHITECTURES = ("ResNet18", "ResNet50", "ResNet101")
 
 
-def build_network(name: str, *, num_classes: int, in_channels: int = 3) -> nn.Module:
-    """A randomly initialized torchvision ResNet for `num_classes` classes."""
+def torchvision_models():
+    """torchvision.models, imported on first use."""
     from torchvision import models
 
+    return models
+
+
+def build_network(name: str, *, num_classes: int, in_channels: int = 3) -> nn.Module:
+    """A randomly initialized torchvision ResNet for `num_classes` classes."""
     if name not in ARCHITECTURES:
         raise KeyError(name)
-    model = getattr(models, name.lower())(weights=None, num_classes=num_classes)
+    model = getattr(torchvision_models(), name.lower())(weights=None, num_classes=num_classes)
     if in_channels != 3:
         # Grayscale themes keep one channel end to end instead of tripling the data.
         model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)

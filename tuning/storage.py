@@ -98,6 +98,20 @@ def write_bytes(path: str, data: bytes) -> None:
     fs.move(tmp, fs_path)
 
 
+def remove_folder_on_storage(storage_path: str, fs_path: str) -> int:
+    """Delete a folder Tune names by its path on the storage's filesystem (as
+    read_on_storage); returns the bytes it held. A folder already gone frees nothing."""
+    import pyarrow.fs
+
+    fs, _ = filesystem(storage_path)
+    if fs.get_file_info(fs_path).type == pyarrow.fs.FileType.NotFound:
+        return 0
+    files = fs.get_file_info(pyarrow.fs.FileSelector(fs_path, recursive=True))
+    size = sum(f.size or 0 for f in files if f.type == pyarrow.fs.FileType.File)
+    fs.delete_dir(fs_path)
+    return size
+
+
 def exists(path: str) -> bool:
     import pyarrow.fs
 

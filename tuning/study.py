@@ -41,6 +41,7 @@ from tuning.recovery import lease
 from tuning.recovery import resume as resume_files
 from tuning.recovery.interrupts import PHASE_RAY_STARTED, PHASE_STUDY_STARTED, StopRequest, StudyInterrupted
 from tuning.tracking import datasets, evidence, names, output, registry, retrying, runs
+from tuning.tracking.checkpoint_pruning import CheckpointPruner
 from tuning.tracking.ledger import StudyLedger
 from tuning.tracking.progress import ProgressDisplay
 from tuning.tracking.recording import NullRecorder, StudyEnd, StudyEvaluation, StudyRecorder, StudyStart
@@ -299,7 +300,8 @@ def _tune(run: "_StudyRun", models, *, progress, trainable) -> StudyOutcome:
     _fit(tuner)
     run.callback.close_open_trials(reason="study ended before the trial finished")
     lease.check_still_held(run.experiment_path)   # the end steps never run in two drivers
-    return _finish_study(plan, study_runs, run.callback.ledger, models, run.recorder)
+    return _finish_study(plan, study_runs, run.callback.ledger, models, run.recorder,
+                         pruner=run.callback.pruner)
 
 
 def _finish_bookkeeping(run: "_StudyRun", models) -> StudyOutcome | None:
@@ -448,7 +450,13 @@ def _callback(run: _StudyRun, searcher: StudySearch, models, progress: ProgressD
     log_each = models.log_trial_model if config.infra.mlflow.log_models == "all" else None
     return StudyCallback(ledger=ledger, mlflow_study=run.study_runs,
                          trial_number=searcher.trial_number, recorder=run.recorder,
-                         progress=progress, log_model=log_each, searcher=searcher)
+                         progress=progress, log_model=log_each, searcher=searcher,
+                         pruner=None if config.infra.checkpoint.keep_finished
+                         else _pruner(run.plan, ledger))
+
+
+def _pruner(plan: StudyPlan, ledger: StudyLedger) -> CheckpointPruner:
+    return CheckpointPruner(ledger, plan.config.infra.ray.storage_path)
 
 
 def _trainable(plan: StudyPlan, trainable):
@@ -597,7 +605,7 @@ def _print_resume_hint(experiment_path: str | None, what: str) -> None:
 
 
 def _finish_study(plan: StudyPlan, study_runs: runs.MlflowStudy, ledger: StudyLedger,
-                  models, recorder: StudyRecorder) -> StudyOutcome:
+                  models, recorder: StudyRecorder, *, pruner=None) -> StudyOutcome:
     config = plan.config
     client, parent_id = study_runs.client, study_runs.parent_run_id
     best = ledger.best()
@@ -636,6 +644,8 @@ def _finish_study(plan: StudyPlan, study_runs: runs.MlflowStudy, ledger: StudyLe
     recorder.study_finished(StudyEnd(status="completed", best_value=best.value,
                                      best_params=best.params, best_trial_number=best.number,
                                      registered_model=model_name, registered_version=version))
+    if not config.infra.checkpoint.keep_finished:   # only once the study is recorded
+        (pruner or _pruner(plan, ledger)).at_end()
     return StudyOutcome(experiment_id=study_runs.experiment_id, parent_run_id=parent_id,
                         status="completed", best_number=best.number, best_value=best.value,
                         best_params=best.params, best_run_id=best.child_run_id,

@@ -170,8 +170,10 @@ def configs(folder: Path, *, storage_path: str, study: str, n_trials: int, epoch
              "ray": {"storage_path": storage_path},
              "resources": {"cpu": 1, "gpu": 0}, "max_concurrent_trials": 2,
              "cache_dir": str(folder / "cache"), **infra_extra}
+    # Light checkpoints: a study here writes one per epoch to a shared folder, up to 30
+    # epochs of 4 trials.
     return tiny_config_files(folder, n_trials=n_trials, epochs=epochs, infra=infra,
-                             study={"name": study})
+                             study={"name": study}, light_checkpoints=True)
 
 
 def submit(cluster, site, config_dir: Path, *, wait: bool) -> tuple[str, subprocess.CompletedProcess]:

@@ -106,7 +106,8 @@ def test_resume_refused_while_the_driver_is_stopped_on_this_host(site, tmp_path)
     """A real driver, stopped (SIGSTOP) well past a tiny THEMETUNE_LEASE_STALE_S: the
     resume exits 2 with one line naming it and touches nothing; continued, the driver
     finishes its study."""
-    configs = tiny_config_files(tmp_path / "configs", n_trials=1, epochs=3)
+    configs = tiny_config_files(tmp_path / "configs", n_trials=1, epochs=3,
+                                light_checkpoints=True)
     driver = Driver(site["env"], tmp_path, "--theme-id", site["theme_id"], "--configs",
                     configs, "--study-name", "paused")
     try:

@@ -57,7 +57,8 @@ def test_reliability_postgres_down_mid_study_loses_no_record(digits_folder, tmp_
                              env=env, check=True, cwd=tmp_path, capture_output=True, text=True)
         theme_id = int(out.stdout.strip().splitlines()[-1])
         n_trials, epochs = 3, 6
-        configs = tiny_config_files(tmp_path / "configs", n_trials=n_trials, epochs=epochs)
+        configs = tiny_config_files(tmp_path / "configs", n_trials=n_trials, epochs=epochs,
+                                    light_checkpoints=True)
 
         driver = Driver(env, tmp_path, "--theme-id", theme_id, "--configs", configs)
         try:

@@ -120,7 +120,8 @@ def _resume_target(started: str) -> tuple[list[str], Path, str]:
 def test_reliability_second_driver_refused_then_dead_one_taken_over(site, tmp_path):
     """A resume while the first driver runs: exit 2 at once naming it, nothing written;
     once it is SIGKILLed, a resume takes its lease over and finishes the study."""
-    configs = tiny_config_files(tmp_path / "configs", n_trials=1, epochs=10)
+    configs = tiny_config_files(tmp_path / "configs", n_trials=1, epochs=10,
+                                light_checkpoints=True)
     client = MlflowClient(site["env"]["MLFLOW_TRACKING_URI"])
     first = Driver(site["env"], tmp_path, "--theme-id", site["theme_id"], "--configs",
                    configs, "--study-name", "leased")

@@ -75,7 +75,8 @@ def test_reliability_mlflow_server_down_for_a_minute(ray_local, mlflow_server, t
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
     monkeypatch.chdir(tmp_path)
     epochs, n_trials = 4, 2
-    folder = tiny_config_files(tmp_path / "configs", n_trials=n_trials, epochs=epochs)
+    folder = tiny_config_files(tmp_path / "configs", n_trials=n_trials, epochs=epochs,
+                               light_checkpoints=True)
     client = MlflowClient(mlflow_server.uri)
     outage: dict[str, float] = {}
 
@@ -144,7 +145,7 @@ def test_reliability_mlflow_outage_longer_than_budget_exits_1_with_resume_comman
            "THEMETUNE_MLFLOW_OUTAGE_S": str(budget_s)}
     # Long enough that the study is still running whenever the server goes away.
     configs = tiny_config_files(
-        tmp_path / "configs", n_trials=20, epochs=20,
+        tmp_path / "configs", n_trials=20, epochs=20, light_checkpoints=True,
         infra={"mlflow": {"log_models": "none"},
                "ray": {"address": ray_local_join["address"],
                        "storage_path": str(tmp_path / "configs" / "ray_results")},

@@ -29,7 +29,8 @@ def test_reliability_stopped_then_killed_driver_resumes_to_the_end(site, tmp_pat
     """Ctrl-C (graceful stop), resume, SIGKILL of the resumed driver (a crash), resume
     again: the study ends as if nothing happened."""
     n_trials = 6
-    configs = tiny_config_files(tmp_path / "configs", n_trials=n_trials, epochs=3)
+    configs = tiny_config_files(tmp_path / "configs", n_trials=n_trials, epochs=3,
+                                light_checkpoints=True)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     client = MlflowClient(site["env"]["MLFLOW_TRACKING_URI"])
 

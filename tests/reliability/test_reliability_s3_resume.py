@@ -60,6 +60,7 @@ def test_reliability_killed_driver_resumes_from_s3(site, s3, tmp_path):
     n_trials = 4
     configs = tiny_config_files(
         tmp_path / "configs", n_trials=n_trials, epochs=2, study={"name": "s3study"},
+        light_checkpoints=True,   # each epoch's checkpoint goes through the S3 server
         infra={"mlflow": {"tracking_uri": "sqlite:///mlflow.db", "log_models": "best"},
                "ray": {"storage_path": f"s3://{BUCKET}/results"},
                "resources": {"cpu": 1, "gpu": 0}, "max_concurrent_trials": 2,

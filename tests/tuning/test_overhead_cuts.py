@@ -14,7 +14,8 @@ from tests.conftest import tiny_config_files
 from tuning.config import ConfigFiles, Overrides, load_study_config
 from tuning.study import prepare_study, run_study
 from tuning.tracking import ledger as ledger_module
-from tuning.tracking.ledger import COMPLETE, RUNNING, StudyLedger, TrialRecord
+from tuning.tracking.checkpoint_pruning import CheckpointPruner
+from tuning.tracking.ledger import COMPLETE, PRUNED, RUNNING, StudyLedger, TrialRecord
 from tuning.tracking.models_io import ModelLogger
 from tuning.tracking.progress import ProgressDisplay
 
@@ -54,6 +55,13 @@ def test_tune_writes_no_per_result_files_and_every_model_is_logged(
         assert not (trial_folder / "progress.csv").exists()
         assert not list(trial_folder.glob("events.out.tfevents*"))
 
+    # Every trial's model is in MLflow, so only the best trial's checkpoint stays.
+    models = client.search_logged_models(experiment_ids=[outcome.experiment_id])
+    assert {m.name for m in models} >= {f"trial_{n}" for n in range(3)}
+    best_trial_id = client.get_run(outcome.best_run_id).data.tags["ray.trial_id"]
+    kept = {p.parent.name for p in (folder / "ray_results").glob("*/*/checkpoint_*")}
+    assert len(kept) == 1 and best_trial_id in kept.pop()
+
 
 @pytest.mark.ray
 def test_failed_model_log_still_fails_the_study(ray_local, mlflow_uri, tmp_path, digits_theme,
@@ -71,6 +79,48 @@ def test_failed_model_log_still_fails_the_study(ray_local, mlflow_uri, tmp_path,
     assert children
     # No trial run claims a model it does not hold.
     assert all(r.info.status != "FINISHED" for r in children)
+
+
+def _record(tmp_path: Path, trial_id: str, value: float, *, state=COMPLETE,
+            logged: bool = True) -> TrialRecord:
+    checkpoint = tmp_path / trial_id / "checkpoint_000001"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "checkpoint.pt").write_bytes(b"w" * 1000)
+    return TrialRecord(ray_trial_id=trial_id, number=int(trial_id[-1]), params={},
+                       state=state, value=value, checkpoint_path=str(checkpoint),
+                       model_uri="models:/m-1" if logged else None)
+
+
+def test_checkpoints_go_one_snapshot_after_their_trial_and_the_best_stays(tmp_path, capsys):
+    ledger = StudyLedger(metric="valid_acc", direction="maximize", n_trials=6)
+    pruner = CheckpointPruner(ledger, str(tmp_path))
+    first = _record(tmp_path, "t0", 0.5)
+    ledger.add(first)
+    pruner.on_snapshot()   # t0 is the best: it stays
+    assert Path(first.checkpoint_path).exists()
+    ledger.add(_record(tmp_path, "t1", 0.9))
+    unlogged = _record(tmp_path, "t2", 0.1, logged=False)   # log_models best|none
+    stopped = _record(tmp_path, "t3", 0.2, state=PRUNED)
+    just_ended = _record(tmp_path, "t4", 0.3)
+    for record in (unlogged, stopped, just_ended):
+        ledger.add(record)
+    pruner.on_snapshot()   # t0 was ended in the last snapshot; t4 is not in one yet
+    assert not Path(first.checkpoint_path).exists() and first.checkpoint_removed
+    assert Path(just_ended.checkpoint_path).exists()
+    assert pruner.removed == 1 and pruner.freed_bytes == 1000
+    pruner.on_snapshot()
+    assert not Path(just_ended.checkpoint_path).exists()
+    late = _record(tmp_path, "t5", 0.4)
+    ledger.add(late)
+    pruner.at_end()
+    assert not Path(late.checkpoint_path).exists()
+    for kept in ("t1", "t2", "t3"):
+        assert Path(ledger.get(kept).checkpoint_path).exists()
+    assert "removed 3 finished trials' checkpoints" in capsys.readouterr().out
+    # A resumed study's ledger knows what went: nothing is removed twice.
+    restored = StudyLedger(metric="valid_acc", direction="maximize", n_trials=6)
+    restored.load_state(ledger.to_state())
+    assert restored.get("t0").checkpoint_removed
 
 
 def test_ledger_snapshot_builds_a_decided_trial_once(monkeypatch):

@@ -59,6 +59,9 @@ class SchedulerSection(Strict):
 
 class CheckpointSection(Strict):
     num_to_keep: int = Field(default=1, ge=1, le=MAX_COUNT)
+    # False: a finished trial's checkpoint goes once its model is in MLflow
+    # (tuning.tracking.checkpoint_pruning); the best trial's always stays.
+    keep_finished: bool = False
 
 
 class FailureSection(Strict):

@@ -34,6 +34,7 @@ class TrialRecord:
     value: float | None = None
     error: str | None = None
     checkpoint_path: str | None = None
+    checkpoint_removed: bool = False   # its model is in MLflow (checkpoint_pruning)
     model_uri: str | None = None
     retries: int = 0              # times Tune restarted it after an error (FailureConfig)
     resumed_from_epoch: int | None = None
@@ -97,7 +98,8 @@ class StudyLedger:
         # What can still change once decided: its model (logged after the trial's end),
         # a checkpoint found after a resume, the fields a reconcile sets.
         key = (record.state, record.value, record.error, record.ended,
-               record.checkpoint_path, record.model_uri, len(record.epochs_logged))
+               record.checkpoint_path, record.checkpoint_removed, record.model_uri,
+               len(record.epochs_logged))
         cached = self._decided_states.get(record.ray_trial_id)
         if cached is None or cached[0] != key:
             cached = (key, _record_state(record))

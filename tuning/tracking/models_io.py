@@ -37,14 +37,15 @@ class ModelLogger:
                                        f"{fs_path.rstrip('/')}/{CHECKPOINT_FILE}")
         return storage.torch_load(data)
 
-    def _log(self, run_id: str, record: TrialRecord, *, name: str) -> tuple[str, Preprocessing]:
+    def _log(self, run_id: str, record: TrialRecord, *, name: str,
+             validate: bool = True) -> tuple[str, Preprocessing]:
         network, params, preprocessing = self.package(record)
         uri = model_package.log_classifier(
             run_id, name=name, network_state=network, architecture=params.model.name,
             class_names=self.plan.theme.class_names, preprocessing=preprocessing,
             example_image=self._example_image(),
             params={"trial_number": record.number, **record.params},
-            note=self._note(record, name, preprocessing))
+            note=self._note(record, name, preprocessing), validate=validate)
         # Its metric columns in the Models tab: the trial's last result, linked from the
         # trial's own run (the parent's copy too: they are that trial's figures).
         runs.link_model_metrics(retrying.client(), record.child_run_id,
@@ -69,7 +70,8 @@ class ModelLogger:
         if record.checkpoint_path is None or record.model_uri is not None:
             return
         record.model_uri, _ = self._log(record.child_run_id, record,
-                                        name=runs.trial_model_name(record.number))
+                                        name=runs.trial_model_name(record.number),
+                                        validate=False)   # the best's copy is validated
         params = self.plan.config.trial_params(record.params)
         runs.log_yaml(retrying.client(), record.child_run_id, params.model_dump(),
                              "trial_config.yaml")

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from ray import tune
 
+from theme_classifier.network import torchvision_models
 from theme_classifier.preprocess import network_input, standardize, to_unit
 from tuning.config.params import TrainingParams, params_with_sample
 from tuning.data import TrialData
@@ -210,6 +211,9 @@ def train_trial(config: dict[str, Any], *, data: TrialData,
                 settings: TrialSettings) -> None:
     params = TrainingParams.model_validate(params_with_sample(settings.base, config))
     cap = int(settings.memory_gb * GIB) if settings.memory_gb else None
+    # Loaded before the cap: torchvision's import (about 100 MB with torch._dynamo) is
+    # the worker's, not the trial's, and theme_classifier.network loads it on first use.
+    torchvision_models()
     try:
         with memory_cap(cap):
             _train(params, data, settings)
