@@ -101,6 +101,22 @@ def _module_folders_go_after_their_module(request, tmp_path_factory):
             shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _mlflow_tracking_uri_restored():
+    """A module that points MLflow's process-wide tracking URI (and with it the
+    MLFLOW_TRACKING_URI variable) at its own store leaves the next module on its worker
+    as it found it: that store's folder is gone by then."""
+    import mlflow.tracking._tracking_service.utils as tracking
+
+    before = tracking._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    tracking.set_tracking_uri(before[0])
+    if before[1] is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before[1]
+
+
 @pytest.fixture(scope="session")
 def digits_folder(tmp_path_factory) -> Path:
     return write_digits_folder(session_folder(tmp_path_factory, "digits"), per_class=24,

@@ -300,8 +300,7 @@ def _tune(run: "_StudyRun", models, *, progress, trainable) -> StudyOutcome:
     _fit(tuner)
     run.callback.close_open_trials(reason="study ended before the trial finished")
     lease.check_still_held(run.experiment_path)   # the end steps never run in two drivers
-    return _finish_study(plan, study_runs, run.callback.ledger, models, run.recorder,
-                         pruner=run.callback.pruner)
+    return _finish_study(plan, study_runs, run.callback.ledger, models, run.recorder)
 
 
 def _finish_bookkeeping(run: "_StudyRun", models) -> StudyOutcome | None:
@@ -450,13 +449,7 @@ def _callback(run: _StudyRun, searcher: StudySearch, models, progress: ProgressD
     log_each = models.log_trial_model if config.infra.mlflow.log_models == "all" else None
     return StudyCallback(ledger=ledger, mlflow_study=run.study_runs,
                          trial_number=searcher.trial_number, recorder=run.recorder,
-                         progress=progress, log_model=log_each, searcher=searcher,
-                         pruner=None if config.infra.checkpoint.keep_finished
-                         else _pruner(run.plan, ledger))
-
-
-def _pruner(plan: StudyPlan, ledger: StudyLedger) -> CheckpointPruner:
-    return CheckpointPruner(ledger, plan.config.infra.ray.storage_path)
+                         progress=progress, log_model=log_each, searcher=searcher)
 
 
 def _trainable(plan: StudyPlan, trainable):
@@ -605,7 +598,7 @@ def _print_resume_hint(experiment_path: str | None, what: str) -> None:
 
 
 def _finish_study(plan: StudyPlan, study_runs: runs.MlflowStudy, ledger: StudyLedger,
-                  models, recorder: StudyRecorder, *, pruner=None) -> StudyOutcome:
+                  models, recorder: StudyRecorder) -> StudyOutcome:
     config = plan.config
     client, parent_id = study_runs.client, study_runs.parent_run_id
     best = ledger.best()
@@ -645,7 +638,7 @@ def _finish_study(plan: StudyPlan, study_runs: runs.MlflowStudy, ledger: StudyLe
                                      best_params=best.params, best_trial_number=best.number,
                                      registered_model=model_name, registered_version=version))
     if not config.infra.checkpoint.keep_finished:   # only once the study is recorded
-        (pruner or _pruner(plan, ledger)).at_end()
+        CheckpointPruner(ledger, config.infra.ray.storage_path).at_end()
     return StudyOutcome(experiment_id=study_runs.experiment_id, parent_run_id=parent_id,
                         status="completed", best_number=best.number, best_value=best.value,
                         best_params=best.params, best_run_id=best.child_run_id,

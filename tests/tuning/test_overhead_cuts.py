@@ -91,34 +91,26 @@ def _record(tmp_path: Path, trial_id: str, value: float, *, state=COMPLETE,
                        model_uri="models:/m-1" if logged else None)
 
 
-def test_checkpoints_go_one_snapshot_after_their_trial_and_the_best_stays(tmp_path, capsys):
-    ledger = StudyLedger(metric="valid_acc", direction="maximize", n_trials=6)
-    pruner = CheckpointPruner(ledger, str(tmp_path))
-    first = _record(tmp_path, "t0", 0.5)
-    ledger.add(first)
-    pruner.on_snapshot()   # t0 is the best: it stays
-    assert Path(first.checkpoint_path).exists()
-    ledger.add(_record(tmp_path, "t1", 0.9))
+def test_at_the_end_only_the_best_and_unlogged_checkpoints_stay(tmp_path, capsys):
+    ledger = StudyLedger(metric="valid_acc", direction="maximize", n_trials=5)
+    logged = _record(tmp_path, "t0", 0.5)
+    best = _record(tmp_path, "t1", 0.9)
     unlogged = _record(tmp_path, "t2", 0.1, logged=False)   # log_models best|none
     stopped = _record(tmp_path, "t3", 0.2, state=PRUNED)
-    just_ended = _record(tmp_path, "t4", 0.3)
-    for record in (unlogged, stopped, just_ended):
+    gone = _record(tmp_path, "t4", 0.3)
+    Path(gone.checkpoint_path, "checkpoint.pt").unlink()
+    Path(gone.checkpoint_path).rmdir()   # removed by hand: it frees nothing, fails nothing
+    for record in (logged, best, unlogged, stopped, gone):
         ledger.add(record)
-    pruner.on_snapshot()   # t0 was ended in the last snapshot; t4 is not in one yet
-    assert not Path(first.checkpoint_path).exists() and first.checkpoint_removed
-    assert Path(just_ended.checkpoint_path).exists()
-    assert pruner.removed == 1 and pruner.freed_bytes == 1000
-    pruner.on_snapshot()
-    assert not Path(just_ended.checkpoint_path).exists()
-    late = _record(tmp_path, "t5", 0.4)
-    ledger.add(late)
+    pruner = CheckpointPruner(ledger, str(tmp_path))
     pruner.at_end()
-    assert not Path(late.checkpoint_path).exists()
-    for kept in ("t1", "t2", "t3"):
-        assert Path(ledger.get(kept).checkpoint_path).exists()
-    assert "removed 3 finished trials' checkpoints" in capsys.readouterr().out
+    assert not Path(logged.checkpoint_path).exists() and logged.checkpoint_removed
+    for kept in (best, unlogged, stopped):
+        assert Path(kept.checkpoint_path).exists() and not kept.checkpoint_removed
+    assert pruner.removed == 2 and pruner.freed_bytes == 1000
+    assert "removed 2 finished trials' checkpoints" in capsys.readouterr().out
     # A resumed study's ledger knows what went: nothing is removed twice.
-    restored = StudyLedger(metric="valid_acc", direction="maximize", n_trials=6)
+    restored = StudyLedger(metric="valid_acc", direction="maximize", n_trials=5)
     restored.load_state(ledger.to_state())
     assert restored.get("t0").checkpoint_removed
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 
@@ -18,6 +19,7 @@ from data_access import selectors
 from data_access.models import TuningStudy
 from tests.web.conftest import PASSWORD, SCREENSHOTS, chromium_path
 from web.launch import local
+from web.optuna_dashboard import _read_only_storage
 
 pytestmark = [pytest.mark.browser, pytest.mark.ray, pytest.mark.django_db(transaction=True)]
 
@@ -155,6 +157,14 @@ def test_a_user_tunes_a_theme_in_the_browser(browser_page, live_server, tuner, t
     study = selectors.study_get(study_id=first)
     assert study.status == "completed" and study.launcher == "local"
     assert study.best_params and study.mlflow_parent_run_id
+    # Launched without --storage, it has an Optuna journal of its own, which
+    # optuna-dashboard reads with the metric named and the theme in the user attributes.
+    record = TuningStudy.objects.get(pk=first)
+    dashboard_view = optuna.load_study(study_name=record.optuna_study_name,
+                                       storage=_read_only_storage(record.optuna_storage))
+    assert dashboard_view.metric_names == [record.metric] and record.metric
+    assert dashboard_view.user_attrs["theme_name"] == theme.name
+    assert len(dashboard_view.trials) == 2
 
     # Each plot is drawn, without a JS error.
     for slug in PLOTS:

@@ -59,7 +59,7 @@ class SchedulerSection(Strict):
 
 class CheckpointSection(Strict):
     num_to_keep: int = Field(default=1, ge=1, le=MAX_COUNT)
-    # False: a finished trial's checkpoint goes once its model is in MLflow
+    # False: at the study's end, a trial's checkpoint goes when its model is in MLflow
     # (tuning.tracking.checkpoint_pruning); the best trial's always stays.
     keep_finished: bool = False
 

@@ -52,7 +52,7 @@ class StudyCallback(tune.Callback):
     def __init__(self, *, ledger: StudyLedger, mlflow_study: runs.MlflowStudy,
                  trial_number: Callable[[str], int], recorder: StudyRecorder,
                  progress: ProgressDisplay, log_model: Callable[[TrialRecord], None] | None,
-                 searcher=None, pruner=None):
+                 searcher=None):
         self.ledger = ledger
         self.searcher = searcher  # a StudySearch: told what a resume finds decided
         self.mlflow = mlflow_study
@@ -60,7 +60,6 @@ class StudyCallback(tune.Callback):
         self.recorder = recorder
         self.progress = progress
         self.log_model = log_model  # None: models are logged after the study, if at all
-        self.pruner = pruner        # a CheckpointPruner, or None: every checkpoint is kept
         # Ray trial ids whose child run a crash or stop ended: reopened when they resume.
         self._reopen: set[str] = set()
 
@@ -215,8 +214,6 @@ class StudyCallback(tune.Callback):
     # -- Tune's experiment snapshots: the ledger survives a driver crash ----------------
 
     def get_state(self) -> dict[str, Any]:
-        if self.pruner is not None:   # Tune calls this as it writes a snapshot
-            self.pruner.on_snapshot()
         return {"ledger": self.ledger.to_state()}
 
     def set_state(self, state: dict[str, Any]) -> None:
