@@ -40,12 +40,24 @@ ORIGIN_ATTR = "themetune.parent_run_id"
 # Where a trial's story continues: its MLflow child run and its Ray trial (the same ids
 # as the child run's tags), for a reader of the study in optuna-dashboard.
 MLFLOW_RUN_ATTR = "mlflow.run_id"
+# A RUNNING trial still without its Ray trial id this long after Optuna's ask lost its
+# driver between the two (seen in the suite: a SIGKILL right after a trial's end).
+UNTAGGED_AFTER_S = 10
 RAY_TRIAL_ATTR = "ray.trial_id"
 # Study user attributes (describe_study): optuna-dashboard has no label for intermediate
 # values, so the study says what they are.
 INTERMEDIATE_ATTR = "intermediate_values"
 # The folder under ray.storage_path of the journal files of studies without --storage.
 JOURNAL_FOLDER = "themetune_optuna"
+
+
+def _never_tagged(trial: optuna.trial.FrozenTrial) -> bool:
+    """Asked by a driver killed before it tagged the trial (suggest tags it within
+    milliseconds of Optuna's ask), not one that another live driver of a shared study
+    is about to tag."""
+    started = trial.datetime_start
+    return (RAY_TRIAL_ATTR not in trial.user_attrs and started is not None
+            and (dt.datetime.now() - started).total_seconds() > UNTAGGED_AFTER_S)
 
 
 class StudySearch(OptunaSearch):
@@ -74,10 +86,9 @@ class StudySearch(OptunaSearch):
         new = trial_id not in self._ot_trials
         config = super().suggest(trial_id)
         if new and trial_id in self._ot_trials:
-            attrs = {RAY_TRIAL_ATTR: trial_id}
-            if self.origin:
-                attrs[ORIGIN_ATTR] = self.origin
-            self.tag_trial(trial_id, attrs)
+            # The Ray trial id last: a trial that has it was tagged whole (_close_orphans).
+            attrs = {ORIGIN_ATTR: self.origin} if self.origin else {}
+            self.tag_trial(trial_id, {**attrs, RAY_TRIAL_ATTR: trial_id})
         return config
 
     def tag_trial(self, trial_id: str, attrs: dict[str, Any]) -> None:
@@ -103,7 +114,8 @@ class StudySearch(OptunaSearch):
             return
         known = {t.number for t in self._ot_trials.values()}
         for trial in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if trial.number not in known and trial.user_attrs.get(ORIGIN_ATTR) == self.origin:
+            if trial.number not in known and (trial.user_attrs.get(ORIGIN_ATTR) == self.origin
+                                              or _never_tagged(trial)):
                 self._ot_study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
 
     def reserve_numbers(self, numbers: list[int]) -> None:

@@ -449,7 +449,8 @@ def _callback(run: _StudyRun, searcher: StudySearch, models, progress: ProgressD
     log_each = models.log_trial_model if config.infra.mlflow.log_models == "all" else None
     return StudyCallback(ledger=ledger, mlflow_study=run.study_runs,
                          trial_number=searcher.trial_number, recorder=run.recorder,
-                         progress=progress, log_model=log_each, searcher=searcher)
+                         progress=progress, log_model=log_each, searcher=searcher,
+                         experiment_path=run.experiment_path)
 
 
 def _trainable(plan: StudyPlan, trainable):

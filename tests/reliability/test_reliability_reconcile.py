@@ -18,10 +18,12 @@ import optuna.distributions as od
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tuning.errors import StudyFailedError
 from tuning.optuna_adapter import StudySearch, open_storage
 from tuning.tracking import runs
 from tuning.tracking.callbacks import ORPHAN_REASON, StudyCallback
 from tuning.tracking.ledger import COMPLETE, RUNNING, StudyLedger
+from tuning.tracking.models_io import ModelLogger
 from tuning.tracking.progress import ProgressDisplay
 from tuning.tracking.recording import NullRecorder
 
@@ -41,7 +43,8 @@ def _epoch(epoch: int) -> dict:
 class Driver:
     """One driver process: its searcher and callback, fed as Tune feeds them."""
 
-    def __init__(self, study: runs.MlflowStudy, storage_url, tmp_path: Path):
+    def __init__(self, study: runs.MlflowStudy, storage_url, tmp_path: Path,
+                 experiment_path: str | None = None):
         self.searcher = StudySearch(space=SPACE, metric="test_acc", mode="max",
                                     sampler=optuna.samplers.TPESampler(seed=1),
                                     study_name="recon", storage=open_storage(storage_url))
@@ -50,7 +53,7 @@ class Driver:
             ledger=StudyLedger(metric="test_acc", direction="maximize", n_trials=5),
             mlflow_study=study, trial_number=self.searcher.trial_number,
             recorder=NullRecorder(), progress=ProgressDisplay(min_interval_s=3600),
-            log_model=None, searcher=self.searcher)
+            log_model=None, searcher=self.searcher, experiment_path=experiment_path)
         self.tmp_path = tmp_path
 
     def trial(self, trial_id: str, checkpoint: str | None = None):
@@ -156,3 +159,42 @@ def test_reliability_resume_reconciles_what_happened_after_the_snapshot(tmp_path
     children = runs.child_runs(study)
     names = [c.info.run_name for c in children]
     assert len(names) == len(set(names)) == 4, names
+
+
+def test_reliability_a_trial_ended_after_the_snapshot_keeps_its_final_checkpoint(tmp_path):
+    """The snapshot names the trial's first checkpoint, which Tune removed when the last
+    one came (num_to_keep 1): Tune's re-run of the trial fails, and the study takes the
+    final checkpoint from the trial's folder (seen in the S3 resume test, CI 2026-12-03)."""
+    study = runs.open_study_runs(
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment_name="late",
+        run_name="parent", tags={"themetune.role": "parent"})
+    experiment = tmp_path / "experiment"
+    trial_folder = experiment / "train_trial_b_2_training.learning_rate=0.01_2026-12-03"
+    (trial_folder / "checkpoint_000001").mkdir(parents=True)
+    (experiment / "train_trial_a_1_training.learning_rate=0.02_2026-12-03").mkdir()
+
+    dead = Driver(study, None, tmp_path, experiment_path=str(experiment))
+    late = dead.trial("b", checkpoint=str(trial_folder / "checkpoint_000001"))
+    dead.start(late)
+    dead.report(late, _epoch(1))
+    snap = dead.snapshot()
+    dead.report(late, _final(2, 0.8))
+    dead.complete(late, _final(2, 0.8))
+
+    live = Driver(study, None, tmp_path, experiment_path=str(experiment))
+    live.restore(snap)
+    record = live.callback.ledger.get("b")
+    assert (record.state, record.value) == (COMPLETE, 0.8)
+    assert record.checkpoint_path == str(trial_folder / "checkpoint_000001")
+    rerun = live.trial("b", checkpoint=str(trial_folder / "checkpoint_000000"))
+    live.start(rerun)
+    live.callback.on_trial_error(iteration=0, trials=[], trial=rerun)
+    assert live.callback.ledger.best() is record
+    assert record.checkpoint_path == str(trial_folder / "checkpoint_000001")
+
+    # Without the folder's checkpoint the study says so in one line, not a traceback.
+    record.checkpoint_path = None
+    plan = SimpleNamespace(config=SimpleNamespace(infra=SimpleNamespace(
+        ray=SimpleNamespace(storage_path=str(tmp_path)))))
+    with pytest.raises(StudyFailedError, match="trial .*checkpoint is not on the storage"):
+        ModelLogger(plan=plan, preprocess=None).package(record)

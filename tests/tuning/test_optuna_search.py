@@ -19,6 +19,7 @@ import optuna.distributions as od
 import pytest
 from optuna.trial import TrialState
 
+from tuning import optuna_adapter
 from tuning.config.params import REPORTED_METRICS, epoch_metric_for
 from tuning.optuna_adapter import MLFLOW_RUN_ATTR, ORIGIN_ATTR, RAY_TRIAL_ATTR, StudySearch, open_storage
 
@@ -262,3 +263,34 @@ def test_optuna_dashboard_shows_intermediate_values_and_links(tmp_path):
     assert trial["intermediate_values"] == [{"step": 1, "value": 0.4}, {"step": 2, "value": 0.6}]
     attrs = {a["key"]: a["value"] for a in trial["user_attrs"]}
     assert attrs[MLFLOW_RUN_ATTR] == "child-run" and attrs[RAY_TRIAL_ATTR] == "t1"
+
+
+def test_a_trial_asked_but_never_tagged_before_the_crash_is_closed(tmp_path, monkeypatch):
+    """The driver died between Optuna's ask and the tags (seen once in the suite): a
+    resume closes the trial as FAIL once it is older than any live driver's tagging,
+    and leaves another driver's trials of a shared study alone."""
+    storage = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    search = searcher(storage=storage, study_name="s")
+    search.origin = "parent-run"
+    search.suggest("t1")
+    snapshot = tmp_path / "searcher.pkl"
+    search.save(str(snapshot))
+    shared = optuna.load_study(study_name="s", storage=storage)
+    untagged = shared.ask()                                   # killed before the tags
+    elsewhere = shared.ask()
+    elsewhere.set_user_attr(ORIGIN_ATTR, "another-parent-run")
+    elsewhere.set_user_attr(RAY_TRIAL_ATTR, "x1")             # another live driver's
+
+    def states():
+        return {t.number: t.state for t in optuna.load_study(study_name="s",
+                                                             storage=storage).trials}
+
+    resumed = searcher(storage=storage, study_name="s")
+    resumed.restore(str(snapshot))   # just asked: it may be a live driver's, not yet tagged
+    assert states()[untagged.number] == TrialState.RUNNING
+    monkeypatch.setattr(optuna_adapter, "UNTAGGED_AFTER_S", 0)
+    again = searcher(storage=storage, study_name="s")
+    again.restore(str(snapshot))
+    assert states()[untagged.number] == TrialState.FAIL
+    assert states()[elsewhere.number] == TrialState.RUNNING
+    assert states()[0] == TrialState.RUNNING            # the snapshot's own, still open

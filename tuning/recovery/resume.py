@@ -20,7 +20,7 @@ from typing import Any
 
 from tuning import storage
 from tuning.errors import ResumeError
-from tuning.recovery import lease
+from tuning.recovery import lease, trial_folders
 from tuning.storage import absolute_url
 from tuning.tracking import registry
 from tuning.tracking.ledger import COMPLETE, FINAL_STATES, TrialRecord
@@ -254,7 +254,7 @@ def decided_ledger(experiment_path: str, study_runs, ledger):
                and r.data.tags.get("optuna.trial_state") in FINAL_STATES]
     if len(decided) < max(ledger.n_trials, len(children)):
         return None
-    folders = _trial_folders(experiment_path)
+    folders = trial_folders.trial_folders(experiment_path)
     for run in decided:
         record = _decided_record(run, experiment_path, folders, ledger.metric, study_runs)
         if record is None:
@@ -262,15 +262,6 @@ def decided_ledger(experiment_path: str, study_runs, ledger):
         ledger.add(record)
         ledger.metrics_seen |= set(run.data.metrics)
     return ledger
-
-
-def _trial_folders(experiment_path: str) -> list[str]:
-    """The experiment's folders, as paths on the storage's filesystem."""
-    import pyarrow.fs
-
-    fs, root = storage.filesystem(experiment_path)
-    return [i.path for i in fs.get_file_info(pyarrow.fs.FileSelector(root))
-            if i.type == pyarrow.fs.FileType.Directory]
 
 
 def _decided_record(run, experiment_path: str, folders: list[str], metric: str, study_runs):
@@ -282,8 +273,9 @@ def _decided_record(run, experiment_path: str, folders: list[str], metric: str, 
 
     tags = run.data.tags
     trial_id, complete = tags.get("ray.trial_id", ""), tags["optuna.trial_state"] == COMPLETE
-    folder = next((f for f in folders if f"_{trial_id}_" in f.rsplit("/", 1)[-1]), None)
-    checkpoint = _last_checkpoint(experiment_path, folder) if folder and complete else None
+    folder = trial_folders.folder_of(folders, trial_id)
+    checkpoint = (trial_folders.last_checkpoint(experiment_path, folder)
+                  if folder and complete else None)
     if complete and checkpoint is None:
         return None  # no model to take from it: Tune's restore decides
     params = (json.loads(storage.read_on_storage(experiment_path, f"{folder}/params.json"))
@@ -296,14 +288,3 @@ def _decided_record(run, experiment_path: str, folders: list[str], metric: str, 
         checkpoint_path=checkpoint,
         model_uri=(runs.logged_model_uri(study_runs.client, study_runs.experiment_id,
                                          run.info.run_id) if complete else None))
-
-
-def _last_checkpoint(experiment_path: str, trial_folder: str) -> str | None:
-    """The trial's newest checkpoint folder (its final one, for a trial that ended)."""
-    import pyarrow.fs
-
-    fs, _ = storage.filesystem(experiment_path)
-    names = sorted(i.path for i in fs.get_file_info(pyarrow.fs.FileSelector(trial_folder))
-                   if i.type == pyarrow.fs.FileType.Directory
-                   and i.base_name.startswith("checkpoint_"))
-    return names[-1] if names else None

@@ -20,6 +20,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from tuning.config.params import EPOCH_METRICS, is_final_result
 from tuning.optuna_adapter import MLFLOW_RUN_ATTR
+from tuning.recovery import trial_folders
 from tuning.tracking import output, runs
 from tuning.tracking.ledger import (
     COMPLETE,
@@ -52,8 +53,11 @@ class StudyCallback(tune.Callback):
     def __init__(self, *, ledger: StudyLedger, mlflow_study: runs.MlflowStudy,
                  trial_number: Callable[[str], int], recorder: StudyRecorder,
                  progress: ProgressDisplay, log_model: Callable[[TrialRecord], None] | None,
-                 searcher=None):
+                 searcher=None, experiment_path: str | None = None):
         self.ledger = ledger
+        # Where a resume looks for the final checkpoint of a trial whose end reached
+        # MLflow after Tune's last snapshot (_reconcile_record).
+        self.experiment_path = experiment_path
         self.searcher = searcher  # a StudySearch: told what a resume finds decided
         self.mlflow = mlflow_study
         self.trial_number = trial_number
@@ -268,6 +272,12 @@ class StudyCallback(tune.Callback):
         if state == COMPLETE:
             record.model_uri = runs.logged_model_uri(client, self.mlflow.experiment_id,
                                                      run.info.run_id)
+            # The snapshot names the checkpoint Tune had before the trial's last one,
+            # which checkpoint.num_to_keep may have removed since: Tune's re-run of the
+            # trial then fails, and the final checkpoint is found in its folder instead.
+            if self.experiment_path and record.checkpoint_path is None:
+                record.checkpoint_path = trial_folders.final_checkpoint(
+                    self.experiment_path, record.ray_trial_id)
         if self.searcher is not None:
             self.searcher.decide(record.ray_trial_id, state, record.value)
         self.recorder.trial_finished(TrialEnd(number=record.number, state=state,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from theme_classifier.preprocess import Preprocessing
 from tuning import storage
+from tuning.errors import StudyFailedError
 from tuning.tracking import model_package, retrying, runs
 from tuning.tracking.ledger import TrialRecord
 
@@ -19,6 +20,12 @@ class ModelLogger:
 
     def package(self, record: TrialRecord):
         """The trial's network weights, its params and the preprocessing to ship."""
+        if record.checkpoint_path is None or record.checkpoint_removed:
+            raise StudyFailedError(
+                f"trial {record.number}'s checkpoint is not on the storage "
+                f"({self.plan.config.infra.ray.storage_path}): its model cannot be logged.",
+                fix="its child run keeps its metrics; run the study again with "
+                    "checkpoint.num_to_keep of 2 or more if this repeats.")
         params = self.plan.config.trial_params(record.params)
         state = self._checkpoint_state(record.checkpoint_path)
         # Streaming data has no train array to recompute from; its checkpoints all
