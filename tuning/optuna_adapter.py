@@ -40,10 +40,10 @@ ORIGIN_ATTR = "themetune.parent_run_id"
 # Where a trial's story continues: its MLflow child run and its Ray trial (the same ids
 # as the child run's tags), for a reader of the study in optuna-dashboard.
 MLFLOW_RUN_ATTR = "mlflow.run_id"
+RAY_TRIAL_ATTR = "ray.trial_id"
 # A RUNNING trial still without its Ray trial id this long after Optuna's ask lost its
 # driver between the two (seen in the suite: a SIGKILL right after a trial's end).
 UNTAGGED_AFTER_S = 10
-RAY_TRIAL_ATTR = "ray.trial_id"
 # Study user attributes (describe_study): optuna-dashboard has no label for intermediate
 # values, so the study says what they are.
 INTERMEDIATE_ATTR = "intermediate_values"
