@@ -99,12 +99,12 @@ postgres:
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 	  (apt-get update && apt-get install -y postgresql)
 
-# Japanese UI texts: refresh the catalogue, fill it from locale/ja_translations.py, compile.
+# Japanese UI texts: refresh the catalogue, fill it from web/locale/ja_translations.py, compile.
 messages: install
 	$(PY) manage.py makemessages -l ja --ignore=.venv --ignore=tests --ignore=tuning \
 	  --ignore=bench --ignore=cluster --ignore=runs --ignore=media --ignore=staticfiles \
 	  --ignore=test-output
-	$(PY) locale/ja_translations.py
+	$(PY) web/locale/ja_translations.py
 	$(PY) manage.py compilemessages -l ja --ignore=.venv
 
 # A real multi-node Ray cluster on this machine (head + WORKERS workers, token auth on,

@@ -1,7 +1,7 @@
-"""Japanese texts of the web UI, merged into locale/ja/LC_MESSAGES/django.po.
+"""Japanese texts of the web UI, merged into web/locale/ja/LC_MESSAGES/django.po.
 
     python manage.py makemessages -l ja --ignore=.venv ...   # (see Makefile: messages)
-    python locale/ja_translations.py                         # fill in msgstr
+    python web/locale/ja_translations.py                     # fill in msgstr
     python manage.py compilemessages
 
 Kept as a table so that a re-run of makemessages never loses a translation."""
