@@ -167,7 +167,7 @@ def report(args, info, found: dict[str, Any]) -> None:
         rows.append([r["round"], r["variant"], *cells, r["best_value"], r["t1"] - r["t0"]])
     headers = []
     for target in levels.values():
-        headers += [f"trials to {target}", f"s to {target}"]
+        headers += [f"trials to {target:.4f}", f"s to {target:.4f}"]
     print()
     print(table(["round", "study", *headers, f"best {found['metric']}", "wall s"], rows,
                 title=f"warm (from the first study's {args.first_trials} trials) vs cold, "
@@ -176,7 +176,7 @@ def report(args, info, found: dict[str, Any]) -> None:
                 for name, target in levels.items()}
     for name, target in levels.items():
         m = measured[name]
-        print(f"\nwarm_vs_cold to {target} ({name}): {_round(m['trials'])} in trials "
+        print(f"\nwarm_vs_cold to {target:.4f} ({name}): {_round(m['trials'])} in trials "
               f"(median of {[round(x, 3) for x in m['per_round']]}), "
               f"{_round(m['seconds'])} in seconds; reached by warm in "
               f"{m['reached'][WARM]}, cold in {m['reached'][COLD]} of "
