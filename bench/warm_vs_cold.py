@@ -157,11 +157,13 @@ def ratios(rounds, target: float, direction: str, n_trials: int) -> dict[str, An
 def report(args, info, found: dict[str, Any]) -> None:
     first, direction = found["first"], found["direction"]
     levels = targets(first["best_value"], args.target)
+    # Per round, per target: (trials, seconds) to it.
+    reached = [{name: to_target(r, target, direction, args.trials)
+                for name, target in levels.items()} for r in found["rounds"]]
     rows = []
-    for r in found["rounds"]:
+    for r, to in zip(found["rounds"], reached):
         cells = []
-        for target in levels.values():
-            trials, seconds = to_target(r, target, direction, args.trials)
+        for trials, seconds in to.values():
             cells += [trials if trials <= args.trials else f"not reached ({args.trials})",
                       seconds]
         rows.append([r["round"], r["variant"], *cells, r["best_value"], r["t1"] - r["t0"]])
@@ -195,11 +197,9 @@ def report(args, info, found: dict[str, Any]) -> None:
           "metric": found["metric"], "first_best": first["best_value"],
           "first_wall_s": first["t1"] - first["t0"], "given": found["given"],
           "best_values": bests,
-          "runs": [{"round": r["round"], "study": r["variant"],
-                    "to_target": {name: to_target(r, target, direction, args.trials)
-                                  for name, target in levels.items()},
+          "runs": [{"round": r["round"], "study": r["variant"], "to_target": to,
                     "best_value": r["best_value"], "wall_s": r["t1"] - r["t0"]}
-                   for r in found["rounds"]],
+                   for r, to in zip(found["rounds"], reached)],
           "setup_s": found["setup_s"], "first_trials": args.first_trials,
           "trials": args.trials, "epochs": args.epochs, "steps_per_epoch": args.steps,
           "image_size": args.image_size, "repeats": args.repeats,

@@ -10,12 +10,17 @@ from __future__ import annotations
 from tuning import storage
 
 
-def trial_folders(experiment_path: str) -> list[str]:
+def _subfolders(experiment_path: str, folder: str | None = None) -> list:
+    """The folders in `folder` (default: the experiment's own), on the experiment's storage."""
     import pyarrow.fs
 
     fs, root = storage.filesystem(experiment_path)
-    return [i.path for i in fs.get_file_info(pyarrow.fs.FileSelector(root))
+    return [i for i in fs.get_file_info(pyarrow.fs.FileSelector(folder or root))
             if i.type == pyarrow.fs.FileType.Directory]
+
+
+def trial_folders(experiment_path: str) -> list[str]:
+    return [i.path for i in _subfolders(experiment_path)]
 
 
 def folder_of(folders: list[str], trial_id: str) -> str | None:
@@ -24,12 +29,8 @@ def folder_of(folders: list[str], trial_id: str) -> str | None:
 
 def last_checkpoint(experiment_path: str, trial_folder: str) -> str | None:
     """The trial's newest checkpoint folder (its final one, for a trial that ended)."""
-    import pyarrow.fs
-
-    fs, _ = storage.filesystem(experiment_path)
-    names = sorted(i.path for i in fs.get_file_info(pyarrow.fs.FileSelector(trial_folder))
-                   if i.type == pyarrow.fs.FileType.Directory
-                   and i.base_name.startswith("checkpoint_"))
+    names = sorted(i.path for i in _subfolders(experiment_path, trial_folder)
+                   if i.base_name.startswith("checkpoint_"))
     return names[-1] if names else None
 
 
